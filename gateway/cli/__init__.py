@@ -1,0 +1,28 @@
+"""The `trackside` command. Each command group lives in its own module of this package."""
+
+import typer
+
+from gateway import GatewayError
+from gateway.cli import kafka
+from gateway.cli.console import console_err
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="trackside",
+    help="Trackside: train sensor telemetry from MicroPython devices over MQTT into Apache Kafka.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+# The command groups, registered explicitly: one line each.
+app.add_typer(kafka.app, name="kafka")
+
+
+def main() -> None:
+    """Run the CLI; a GatewayError becomes one red line and exit status 1."""
+    try:
+        app()
+    except GatewayError as exc:
+        console_err.print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(1) from exc
