@@ -1,4 +1,4 @@
-"""Trackside gateway: the runtime on the Raspberry Pi, its CLI, alerting, dashboard and device tools."""
+"""Trackside gateway: the Pi runtime, its CLI, alerting, dashboard and device tools."""
 
 __all__ = ["GatewayError"]
 

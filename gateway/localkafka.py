@@ -104,14 +104,20 @@ def resolve_jars(progress: Callable[[str], None] = log.info) -> Path:
         pom = Path(tmp) / "pom.xml"
         group, artifact, version = SLF4J_BINDING
         pom.write_text(
-            _POM.format(
-                kafka=KAFKA_VERSION, b_group=group, b_artifact=artifact, b_version=version
-            )
+            _POM.format(kafka=KAFKA_VERSION, b_group=group, b_artifact=artifact, b_version=version)
         )
         out = Path(tmp) / "libs"
         result = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={out}"],
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={out}",
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -192,7 +198,7 @@ class LocalKafka:
         return config
 
     def _java(self, libs: Path, *args: str) -> list[str]:
-        java = _require("java", "install a Java 17+ runtime (Debian: `apt-get install default-jre`)")
+        java = _require("java", "install Java 17+ (Debian: `apt-get install default-jre`)")
         return [
             java,
             f"-Xmx{self.heap}",
@@ -210,8 +216,16 @@ class LocalKafka:
             return
         cluster_id = _cluster_id()
         result = subprocess.run(
-            self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                       "-c", str(config), "--ignore-formatted"),
+            self._java(
+                libs,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(config),
+                "--ignore-formatted",
+            ),
             capture_output=True,
             text=True,
             check=False,

@@ -76,8 +76,12 @@ def up(
         proc = broker.start(timeout=timeout, detach=True)
     _state_file().write_text(
         json.dumps(
-            {"pid": proc.pid, "port": port, "controller_port": controller_port,
-             "home": str(broker.home)}
+            {
+                "pid": proc.pid,
+                "port": port,
+                "controller_port": controller_port,
+                "home": str(broker.home),
+            }
         )
     )
     console.print(
