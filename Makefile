@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/trackside demo
 
 lint: setup
-	.venv/bin/ruff check bridge gateway hardware tests benchmarks
+	.venv/bin/ruff check .
 	.venv/bin/mypy
 
 test: lint
