@@ -16,7 +16,6 @@ from gateway.localkafka import LocalKafka, cache_dir, free_port, resolve_jars, s
 __all__ = ["run_demo"]
 
 
-
 async def _wait_for_stop() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,7 +3,7 @@
 import typer
 
 from gateway import GatewayError
-from gateway.cli import broker, demo, kafka
+from gateway.cli import bridge, broker, demo, kafka
 from gateway.cli.console import console_err
 
 __all__ = ["app", "main"]
@@ -18,6 +18,7 @@ app = typer.Typer(
 # The command groups, registered explicitly: one line each.
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(broker.app, name="broker")
+app.add_typer(bridge.app, name="bridge")
 demo.register(app)
 
 

@@ -1,0 +1,160 @@
+"""Connector configuration: YAML, validated once, frozen; errors name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from bridge import BridgeError
+from bridge.converters import CONVERTERS
+from bridge.transforms import TRANSFORMS
+
+__all__ = [
+    "CommandsConfig",
+    "ConfigError",
+    "ConnectorConfig",
+    "ErrorsConfig",
+    "KafkaTarget",
+    "MqttSource",
+    "SpoolConfig",
+    "TlsConfig",
+    "TransformConfig",
+    "load_config",
+]
+
+
+class ConfigError(BridgeError):
+    """The connector configuration is invalid; the message names the file and the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsConfig(_Frozen):
+    """TLS towards the MQTT broker."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+class MqttSource(_Frozen):
+    """Where readings come from."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str = "trackside-bridge"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    topics: tuple[str, ...] = ("trackside/v1/+/+/telemetry",)
+    topic_pattern: str = "trackside/v1/{train_id}/{device_id}/telemetry"
+    qos: Literal[0, 1] = 1
+    persistent_session: bool = True
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    shared_group: str | None = None
+    keepalive_s: int = Field(30, ge=5)
+    receive_maximum: int = Field(10000, ge=1, le=65535)
+
+
+class KafkaTarget(_Frozen):
+    """Where readings go. `settings` is passed to librdkafka untouched."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "trackside.telemetry"
+    key: str = "{train_id}"
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class TransformConfig(_Frozen):
+    """One step of the transform chain, chosen by `type` from bridge.transforms.TRANSFORMS."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    type: str
+
+
+class ErrorsConfig(_Frozen):
+    """Kafka Connect's error handling: `tolerance: all` routes bad records to the DLQ."""
+
+    tolerance: Literal["none", "all"] = "all"
+    deadletterqueue_topic_name: str | None = "trackside.dead-letter"
+    deadletterqueue_context_headers_enable: bool = True
+
+
+class SpoolConfig(_Frozen):
+    """The durable local spool used while Kafka is unreachable or slow."""
+
+    path: Path = Path("spool")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    segment_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    delivery_timeout_ms: int = Field(10_000, ge=100)
+
+
+class CommandsConfig(_Frozen):
+    """Reverse direction: a Kafka command topic to the devices' MQTT command topics."""
+
+    topic: str = "trackside.commands"
+    group_id: str = "trackside-bridge-commands"
+
+
+class ConnectorConfig(_Frozen):
+    """One connector: an MQTT source, a transform chain, a converter and a Kafka target."""
+
+    name: str = "telemetry"
+    mqtt: MqttSource = MqttSource()
+    kafka: KafkaTarget = KafkaTarget()
+    transforms: tuple[TransformConfig, ...] = (
+        TransformConfig(type="decode_wire"),
+        TransformConfig(type="headers"),
+    )
+    converter: str = "json"
+    errors: ErrorsConfig = ErrorsConfig()
+    spool: SpoolConfig = SpoolConfig()
+    commands: CommandsConfig | None = None
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ConnectorConfig:
+    """Read and validate a connector file; relative spool paths are resolved against it."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the connector file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    for key, value in (overrides or {}).items():
+        raw[key] = {**raw.get(key, {}), **value}
+    try:
+        config = ConnectorConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+    _check_names(path, config)
+    if not config.spool.path.is_absolute():
+        spool = config.spool.model_copy(update={"path": path.parent / config.spool.path})
+        config = config.model_copy(update={"spool": spool})
+    return config
+
+
+def _check_names(path: Path, config: ConnectorConfig) -> None:
+    if config.converter not in CONVERTERS:
+        raise ConfigError(
+            f"{path}: converter: unknown converter {config.converter!r}; "
+            f"choose one of {', '.join(sorted(CONVERTERS))}"
+        )
+    for i, step in enumerate(config.transforms):
+        if step.type not in TRANSFORMS:
+            raise ConfigError(
+                f"{path}: transforms.{i}.type: unknown transform {step.type!r}; "
+                f"choose one of {', '.join(sorted(TRANSFORMS))}"
+            )

@@ -1,0 +1,62 @@
+"""Converters turn a transformed message into the Kafka record value, chosen by name."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import fastavro
+
+from bridge.record import Message, RecordError
+
+__all__ = ["CONVERTERS", "READING_AVRO_SCHEMA", "Converter"]
+
+Converter = Callable[[Message], bytes]
+
+_JSON_FIELDS = ("train_id", "device_id", "boot_id", "seq", "ts_ms", "wall_clock", "values")
+
+READING_AVRO_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Reading",
+    "namespace": "io.trackside.v1",
+    "fields": [
+        {"name": "train_id", "type": "string"},
+        {"name": "device_id", "type": "long"},
+        {"name": "boot_id", "type": "int"},
+        {"name": "seq", "type": "long"},
+        {"name": "ts_ms", "type": "long"},
+        {"name": "wall_clock", "type": "boolean"},
+        {"name": "values", "type": {"type": "map", "values": "double"}},
+    ],
+}
+_PARSED_SCHEMA = fastavro.parse_schema(READING_AVRO_SCHEMA)
+
+
+def _reading(msg: Message) -> dict[str, Any]:
+    if "values" not in msg.fields:
+        raise RecordError("this converter needs a decoded reading: add the decode_wire transform")
+    return {name: msg.fields[name] for name in _JSON_FIELDS}
+
+
+def raw(msg: Message) -> bytes:
+    """The MQTT payload as it came."""
+    return msg.payload
+
+
+def json_reading(msg: Message) -> bytes:
+    """The decoded reading as compact JSON (shape in docs/architecture.md)."""
+    return json.dumps(_reading(msg), separators=(",", ":")).encode()
+
+
+def avro_reading(msg: Message) -> bytes:
+    """The decoded reading as schemaless Avro (READING_AVRO_SCHEMA)."""
+    out = io.BytesIO()
+    reading = _reading(msg)
+    reading["train_id"] = str(reading["train_id"])
+    fastavro.schemaless_writer(out, _PARSED_SCHEMA, reading)
+    return out.getvalue()
+
+
+CONVERTERS: dict[str, Converter] = {"raw": raw, "json": json_reading, "avro": avro_reading}

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the bridge, labelled by connector."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "DEAD_LETTERED",
+    "DELIVERED",
+    "DROPPED",
+    "LATENCY",
+    "RECEIVED",
+    "REPLAYED",
+    "SPOOLED",
+    "SPOOL_BYTES",
+]
+
+RECEIVED = Counter("trackside_bridge_received", "MQTT messages received", ["connector"])
+DELIVERED = Counter(
+    "trackside_bridge_delivered", "Records Kafka acknowledged (acks=all)", ["connector"]
+)
+SPOOLED = Counter("trackside_bridge_spooled", "Records written to the local spool", ["connector"])
+REPLAYED = Counter(
+    "trackside_bridge_replayed", "Spooled records delivered to Kafka later", ["connector"]
+)
+DEAD_LETTERED = Counter(
+    "trackside_bridge_dead_lettered", "Messages sent to the dead-letter topic", ["connector"]
+)
+DROPPED = Counter("trackside_bridge_dropped", "Messages dropped by a filter", ["connector"])
+SPOOL_BYTES = Gauge("trackside_bridge_spool_bytes", "Bytes waiting in the spool", ["connector"])
+LATENCY = Histogram(
+    "trackside_bridge_latency_seconds",
+    "From MQTT receipt to Kafka acknowledgement",
+    ["connector"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

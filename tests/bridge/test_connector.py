@@ -1,0 +1,192 @@
+"""The bridge against the real Kafka and both real brokers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.config import load_config
+from bridge.connector import Connector
+from firmware import wire
+from tests.bridge.streams import (
+    Background,
+    connector_file,
+    publish_readings,
+    read_topic,
+    seqs_by_device,
+)
+from tests.fixtures.kafka import KafkaService, LocalKafkaHandle
+from tests.fixtures.mqtt import BrokerHandle
+
+pytestmark = pytest.mark.integration
+
+DEVICES = [(f"T{t}", 100 + t * 10 + d) for t in range(5) for d in range(4)]  # 5 trains x 4
+
+
+def _prefix(unique_topic: str) -> str:
+    return unique_topic.replace(".", "-")
+
+
+def test_readings_arrive_decoded_keyed_by_train_in_device_order(
+    mqtt_broker: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
+) -> None:
+    name = _prefix(unique_topic)
+    connector = Connector(
+        load_config(connector_file(tmp_path, mqtt_broker, kafka.bootstrap_servers, name))
+    )
+    connector.start()
+    try:
+        publish_readings(mqtt_broker, name, DEVICES, count=50)
+        records = read_topic(kafka.bootstrap_servers, f"{name}.telemetry", 50 * len(DEVICES))
+    finally:
+        connector.stop()
+    assert len(records) == 50 * len(DEVICES)
+    for msg in records:
+        reading = json.loads(msg.value())
+        assert msg.key().decode() == reading["train_id"]
+        assert reading["values"]["engine_temp"] == pytest.approx(87.3)
+        assert reading["values"]["supply_voltage"] == pytest.approx(24.05)
+        headers = dict(msg.headers())
+        assert headers["device.id"] == str(reading["device_id"]).encode()
+        assert headers["mqtt.topic"].decode().endswith(f"/{reading['device_id']}/telemetry")
+    assert seqs_by_device(records) == {d: list(range(50)) for _, d in DEVICES}
+
+
+def test_garbage_goes_to_the_dead_letter_topic_and_the_bridge_keeps_running(
+    mqtt_broker: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
+) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    name = _prefix(unique_topic)
+    connector = Connector(
+        load_config(connector_file(tmp_path, mqtt_broker, kafka.bootstrap_servers, name))
+    )
+    connector.start()
+    good = wire.encode(7, 1, 0, 1, {"engine_temp": 1})
+    bad = {
+        "random bytes": os.urandom(40),
+        "truncated": good[:21],
+        "unsupported version": b"\x09" + good[1:],
+        "oversized": good + bytes(100),
+        "device id mismatch": wire.encode(8, 1, 0, 1, {}),
+    }
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect(mqtt_broker.host, mqtt_broker.port)
+    client.loop_start()
+    try:
+        for payload in bad.values():
+            client.publish(f"{name}/v1/T1/7/telemetry", payload, qos=1).wait_for_publish(10)
+        client.publish(f"{name}/v1/T1/7/telemetry", good, qos=1).wait_for_publish(10)
+        dead = read_topic(kafka.bootstrap_servers, f"{name}.dead-letter", len(bad))
+        ok = read_topic(kafka.bootstrap_servers, f"{name}.telemetry", 1)
+        assert connector.status().state == "running"
+    finally:
+        client.loop_stop()
+        connector.stop()
+    assert len(ok) == 1
+    assert sorted(m.value() for m in dead) == sorted(bad.values())
+    for msg in dead:
+        headers = dict(msg.headers())
+        assert headers["__connect.errors.topic"] == f"{name}/v1/T1/7/telemetry".encode()
+        assert headers["__connect.errors.exception.class.name"] == b"RecordError"
+        reason = headers["__connect.errors.exception.message"].decode()
+        expected = next(k for k, v in bad.items() if v == msg.value())
+        if expected != "random bytes":
+            assert expected in reason
+
+
+def _bridge_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "bridge", "run", "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_a_bridge_killed_mid_stream_loses_no_reading(
+    mosquitto: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
+) -> None:
+    name = _prefix(unique_topic)
+    config = connector_file(tmp_path, mosquitto, kafka.bootstrap_servers, name)
+    bridge = _bridge_process(config, tmp_path / "bridge-1.log")
+    time.sleep(3)
+    publisher = Background(publish_readings, mosquitto, name, DEVICES, 300, 2000.0)
+    publisher.start()
+    time.sleep(1.5)
+    bridge.send_signal(signal.SIGKILL)
+    bridge.wait(10)
+    time.sleep(1)
+    bridge = _bridge_process(config, tmp_path / "bridge-2.log")
+    try:
+        publisher.result(120)
+        records = read_topic(
+            kafka.bootstrap_servers, f"{name}.telemetry", 300 * len(DEVICES), settle=2
+        )
+    finally:
+        bridge.send_signal(signal.SIGTERM)
+        bridge.wait(30)
+    seqs = seqs_by_device(records)
+    for _, device in DEVICES:
+        assert sorted(set(seqs[device])) == list(range(300)), f"device {device} lost readings"
+    duplicates = len(records) - 300 * len(DEVICES)
+    assert duplicates < 5000  # bounded by what was in flight at the kill
+
+
+def test_kafka_down_for_30_s_under_load_loses_nothing(
+    mosquitto: BrokerHandle, kafka_factory: object, tmp_path: Path, unique_topic: str
+) -> None:
+    private: LocalKafkaHandle = kafka_factory()  # type: ignore[operator]
+    name = _prefix(unique_topic)
+    connector = Connector(
+        load_config(connector_file(tmp_path, mosquitto, private.bootstrap_servers, name))
+    )
+    connector.start()
+    per_device = 1000  # 20 devices at 400 readings/s: about 50 s of traffic
+    publisher = Background(publish_readings, mosquitto, name, DEVICES, per_device, 400.0)
+    publisher.start()
+    try:
+        time.sleep(5)
+        private.stop()
+        time.sleep(30)
+        assert connector.status().mode == "spooling"
+        assert connector.status().spool_bytes > 0
+        private.start()
+        publisher.result(180)
+        records = read_topic(
+            private.bootstrap_servers,
+            f"{name}.telemetry",
+            per_device * len(DEVICES),
+            timeout=120,
+            settle=2,
+        )
+    finally:
+        connector.stop()
+    seqs = seqs_by_device(records)
+    for _, device in DEVICES:
+        assert sorted(set(seqs[device])) == list(range(per_device)), f"device {device} lost"
+        assert seqs[device] == sorted(seqs[device]), f"device {device} out of order"
+    assert connector.status().spool_bytes == 0
+
+
+def test_bad_config_names_the_file_and_key_and_exits_non_zero(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("mqtt:\n  port: seventy\nconverter: xml\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "bridge", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert str(config) in result.stderr
+    assert "mqtt.port" in result.stderr
