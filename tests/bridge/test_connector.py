@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import load_config
 from bridge.connector import Connector
@@ -62,9 +64,6 @@ def test_readings_arrive_decoded_keyed_by_train_in_device_order(
 def test_garbage_goes_to_the_dead_letter_topic_and_the_bridge_keeps_running(
     mqtt_broker: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
 ) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     name = _prefix(unique_topic)
     connector = Connector(
         load_config(connector_file(tmp_path, mqtt_broker, kafka.bootstrap_servers, name))
