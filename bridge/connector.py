@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from confluent_kafka import KafkaError
 
+from bridge.commands import CommandRelay
 from bridge.config import ConnectorConfig
 from bridge.kafka_sink import KafkaSink
 from bridge.metrics import (
@@ -64,6 +65,7 @@ class Connector:
         self.spool = Spool(config.spool.path, config.spool.max_bytes, config.spool.segment_bytes)
         self.sink = KafkaSink(config)
         self.source = MqttSourceClient(config.mqtt, self._on_message)
+        self.commands = CommandRelay(config, self.source) if config.commands else None
         self._cv = threading.Condition()
         self._spooling = not self.spool.empty()
         self._in_flight = 0  # produced straight to Kafka, not yet reported
@@ -75,6 +77,7 @@ class Connector:
         self._replayer = threading.Thread(target=self._replay, name="spool-replay", daemon=True)
         self._writer = threading.Thread(target=self._write_spool, name="spool-write", daemon=True)
         self._labels = {"connector": self.name}
+        self.received = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -83,10 +86,14 @@ class Connector:
         self._replayer.start()
         self._writer.start()
         self.source.start()
+        if self.commands:
+            self.commands.start()
         self._state = "running"
 
     def stop(self, timeout: float = 10.0) -> None:
         """Drain: let Kafka acknowledge what is in flight (PUBACKs go out), then disconnect."""
+        if self.commands:
+            self.commands.stop()
         self.sink.flush(timeout)
         self.source.stop()
         self._stop.set()
@@ -125,6 +132,7 @@ class Connector:
 
     def _on_message(self, topic: str, payload: bytes, qos: int, mid: int, gen: int) -> None:
         RECEIVED.labels(**self._labels).inc()
+        self.received += 1
         received = time.monotonic()
         try:
             record = self.pipeline.process(topic, payload, qos)

@@ -51,6 +51,7 @@ def connector_file(
     }
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value}
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from confluent_kafka import Producer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import load_config
@@ -189,3 +190,82 @@ def test_bad_config_names_the_file_and_key_and_exits_non_zero(tmp_path: Path) ->
     assert result.returncode == 1
     assert str(config) in result.stderr
     assert "mqtt.port" in result.stderr
+
+
+def test_two_bridges_share_the_load_on_mosquitto_and_lose_nothing(
+    mosquitto: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
+) -> None:
+    name = _prefix(unique_topic)
+    connectors = []
+    for instance in ("a", "b"):
+        path = connector_file(
+            tmp_path / instance,
+            mosquitto,
+            kafka.bootstrap_servers,
+            name,
+            mqtt={"shared_group": "bridges", "client_id": f"{name}-{instance}"},
+        )
+        connectors.append(Connector(load_config(path)))
+    for connector in connectors:
+        connector.start()
+    try:
+        publish_readings(mosquitto, name, DEVICES, count=100)
+        records = read_topic(kafka.bootstrap_servers, f"{name}.telemetry", 100 * len(DEVICES))
+        received = [c.received for c in connectors]
+    finally:
+        for connector in connectors:
+            connector.stop()
+    assert sorted(len(s) for s in seqs_by_device(records).values()) == [100] * len(DEVICES)
+    for device, seqs in seqs_by_device(records).items():
+        assert sorted(seqs) == list(range(100)), f"device {device} lost readings"
+    assert sum(received) == 100 * len(DEVICES)
+    assert min(received) > 0.2 * sum(received), f"load not shared: {received}"
+
+
+def test_commands_flow_from_kafka_to_the_train_over_mqtt(
+    mqtt_broker: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
+) -> None:
+    name = _prefix(unique_topic)
+    config = connector_file(
+        tmp_path,
+        mqtt_broker,
+        kafka.bootstrap_servers,
+        name,
+        commands={"topic": f"{name}.commands", "group_id": f"{name}-cmd"},
+    )
+    received: list[tuple[str, dict[str, str]]] = []
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2)
+    listener.on_message = lambda _c, _u, m: received.append((m.topic, json.loads(m.payload)))
+    listener.connect(mqtt_broker.host, mqtt_broker.port)
+    listener.subscribe("trackside/v1/T9/#", qos=1)
+    listener.loop_start()
+    connector = Connector(load_config(config))
+    connector.start()
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    producer.produce(f"{name}.commands", key=b"T9", value=b"not json")
+    producer.produce(
+        f"{name}.commands",
+        key=b"T9",
+        value=json.dumps(
+            {"train_id": "T9", "device_id": None, "op": "disable", "id": "c1"}
+        ).encode(),
+    )
+    producer.produce(
+        f"{name}.commands",
+        key=b"T9",
+        value=json.dumps({"train_id": "T9", "device_id": 4, "op": "identify", "id": "c2"}).encode(),
+    )
+    assert producer.flush(10) == 0
+    try:
+        deadline = time.monotonic() + 30
+        while len(received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        connector.stop()
+        listener.loop_stop()
+    assert received == [
+        ("trackside/v1/T9/cmd", {"id": "c1", "op": "disable"}),
+        ("trackside/v1/T9/4/cmd", {"id": "c2", "op": "identify"}),
+    ]
+    assert connector.commands is not None
+    assert connector.commands.rejected == 1
