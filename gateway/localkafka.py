@@ -220,8 +220,8 @@ class LocalKafka:
                 libs,
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # One argument: a cluster id may start with "-", which argparse takes for a flag.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(config),
                 "--ignore-formatted",
