@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -22,8 +22,12 @@ __all__ = [
     "SpoolConfig",
     "TlsConfig",
     "TransformConfig",
+    "checked",
     "load_config",
+    "load_yaml_model",
 ]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(BridgeError):
@@ -119,12 +123,12 @@ class ConnectorConfig(_Frozen):
     commands: CommandsConfig | None = None
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ConnectorConfig:
-    """Read and validate a connector file; relative spool paths are resolved against it."""
+def load_yaml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Read a YAML file into a frozen model; any problem names the file and the key."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the connector file: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -132,29 +136,38 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Connecto
     for key, value in (overrides or {}).items():
         raw[key] = {**raw.get(key, {}), **value}
     try:
-        config = ConnectorConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from exc
-    _check_names(path, config)
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ConnectorConfig:
+    """Read and validate a connector file; relative spool paths are resolved against it."""
+    return checked(path, load_yaml_model(path, ConnectorConfig, overrides))
+
+
+def checked(path: Path, config: ConnectorConfig, key: str = "") -> ConnectorConfig:
+    """Check transform and converter names; resolve a relative spool path against `path`."""
+    _check_names(path, config, key)
     if not config.spool.path.is_absolute():
         spool = config.spool.model_copy(update={"path": path.parent / config.spool.path})
         config = config.model_copy(update={"spool": spool})
     return config
 
 
-def _check_names(path: Path, config: ConnectorConfig) -> None:
+def _check_names(path: Path, config: ConnectorConfig, key: str) -> None:
     if config.converter not in CONVERTERS:
         raise ConfigError(
-            f"{path}: converter: unknown converter {config.converter!r}; "
+            f"{path}: {key}converter: unknown converter {config.converter!r}; "
             f"choose one of {', '.join(sorted(CONVERTERS))}"
         )
     for i, step in enumerate(config.transforms):
         if step.type not in TRANSFORMS:
             raise ConfigError(
-                f"{path}: transforms.{i}.type: unknown transform {step.type!r}; "
+                f"{path}: {key}transforms.{i}.type: unknown transform {step.type!r}; "
                 f"choose one of {', '.join(sorted(TRANSFORMS))}"
             )

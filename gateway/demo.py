@@ -10,7 +10,7 @@ from pathlib import Path
 from amqtt.broker import Broker
 from rich.console import Console
 
-from gateway.broker import broker_config
+from gateway.broker import BrokerSettings, broker_config
 from gateway.localkafka import LocalKafka, cache_dir, free_port, resolve_jars, stop_pid
 
 __all__ = ["run_demo"]
@@ -31,7 +31,7 @@ async def _demo(console: Console, home: Path, mqtt_port: int) -> None:
     with console.status(f"Starting Kafka on {kafka.bootstrap_servers}..."):
         proc = await asyncio.to_thread(kafka.start)
     try:
-        broker = Broker(broker_config("127.0.0.1", mqtt_port))
+        broker = Broker(broker_config(BrokerSettings(port=mqtt_port)))
         with console.status(f"Starting the embedded MQTT broker on 127.0.0.1:{mqtt_port}..."):
             await broker.start()
         try:

@@ -1,0 +1,52 @@
+"""`trackside gateway run|check`: the runtime on the Raspberry Pi, from one YAML file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+from bridge.pipeline import Pipeline
+from gateway.certs import make_certificates
+from gateway.cli.console import console
+from gateway.config import load_gateway_config
+from gateway.runtime import run_gateway
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="The gateway runtime: embedded MQTT broker, bridge connectors, HTTP control.",
+    no_args_is_help=True,
+)
+
+CONFIG = typer.Option(..., "--config", "-c", help="Gateway YAML file (see docs/gateway.md).")
+
+
+@app.command()
+def check(config: Path = CONFIG) -> None:
+    """Validate a gateway file and every connector in it."""
+    loaded = load_gateway_config(config)
+    for connector in loaded.connectors:
+        Pipeline(connector)
+    console.print(f"[green]{config}: valid ({len(loaded.connectors)} connector(s))[/]")
+
+
+@app.command()
+def run(config: Path = CONFIG) -> None:
+    """Run broker, connectors and HTTP control until SIGTERM or Ctrl-C, then drain and exit."""
+    loaded = load_gateway_config(config)
+    asyncio.run(run_gateway(loaded, lambda line: console.print(f"[green]ready[/] {line}")))
+    console.print("gateway stopped")
+
+
+@app.command()
+def certs(
+    out: Path = typer.Option(Path("tls"), help="Folder for ca.pem, server.pem, server.key."),
+    host: list[str] = typer.Option(
+        ["localhost", "127.0.0.1"], help="Name or address devices use to reach the gateway."
+    ),
+) -> None:
+    """Make a private CA and a server certificate for the broker's TLS listener."""
+    ca_file, cert_file, key_file = make_certificates(out, host)
+    console.print(f"CA for the devices: {ca_file}\nbroker: {cert_file} + {key_file}")

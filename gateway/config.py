@@ -1,0 +1,64 @@
+"""The gateway's one configuration file: broker, connectors, HTTP control; validated once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from bridge.config import ConfigError, ConnectorConfig, checked, load_yaml_model
+from gateway.broker import BrokerSettings
+
+__all__ = ["EmbeddedBroker", "GatewayConfig", "HttpSettings", "load_gateway_config"]
+
+
+class EmbeddedBroker(BrokerSettings):
+    """The embedded amqtt broker; `enabled: false` when the connectors use Mosquitto instead."""
+
+    enabled: bool = True
+
+
+class HttpSettings(BaseModel):
+    """Health, status, pause/resume and Prometheus metrics over HTTP."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=0, le=65535)
+    token: SecretStr | None = Field(
+        None, description="Bearer token required by pause/resume; reads are open."
+    )
+
+
+class GatewayConfig(BaseModel):
+    """`gateway.yaml`: what `trackside gateway run` starts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    broker: EmbeddedBroker = EmbeddedBroker()
+    connectors: tuple[ConnectorConfig, ...] = (ConnectorConfig(),)
+    http: HttpSettings = HttpSettings()
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    """Read `gateway.yaml`; relative paths (registry, certificates, spools) are taken from it."""
+    config = load_yaml_model(path, GatewayConfig)
+    connectors = tuple(
+        checked(path, connector, f"connectors.{i}.")
+        for i, connector in enumerate(config.connectors)
+    )
+    names = [c.name for c in connectors]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: connectors: names must be unique, got {names}")
+    broker = config.broker
+    updates: dict[str, object] = {}
+    if broker.registry is not None and not broker.registry.is_absolute():
+        updates["registry"] = path.parent / broker.registry
+    if broker.tls is not None:
+        updates["tls"] = broker.tls.model_copy(
+            update={
+                "cert_file": path.parent / broker.tls.cert_file,
+                "key_file": path.parent / broker.tls.key_file,
+            }
+        )
+    return config.model_copy(
+        update={"connectors": connectors, "broker": broker.model_copy(update=updates)}
+    )

@@ -1,0 +1,254 @@
+"""The device registry: who may connect to the broker, with which password, to which topics.
+
+One YAML file holds every account. A device account may publish only its own telemetry,
+status and replies, and read only its own config and commands (and its train's commands); a
+service account (the bridge, the simulator, operators' tools) reads and writes the whole
+`trackside/` namespace. Passwords are stored as PBKDF2-SHA512 hashes in Mosquitto's `$7$`
+format, so the same registry drives the embedded broker directly and Mosquitto through the
+password and ACL files it generates. Plain passwords are shown once, when created, and never
+logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway import GatewayError
+
+__all__ = [
+    "Account",
+    "Registry",
+    "RegistryError",
+    "TopicRule",
+    "hash_password",
+    "topic_matches",
+    "verify_password",
+]
+
+ITERATIONS = 1000  # Mosquitto's default is 101; a little more costs ~1 ms per CONNECT
+TRAIN_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class RegistryError(GatewayError):
+    """The registry file is unreadable or a request does not fit it."""
+
+
+def hash_password(password: str, iterations: int = ITERATIONS) -> str:
+    """A Mosquitto-compatible `$7$` PBKDF2-SHA512 hash with a random salt."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True if `password` matches a `$7$` hash, compared in constant time."""
+    try:
+        _, kind, iterations, salt, digest = stored.split("$")
+        if kind != "7":
+            return False
+        computed = hashlib.pbkdf2_hmac(
+            "sha512", password.encode(), base64.b64decode(salt), int(iterations)
+        )
+        return hmac.compare_digest(computed, base64.b64decode(digest))
+    except ValueError:
+        return False
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT matching of a topic (or a narrower filter) against a filter with `+` and `#`."""
+    wanted, parts = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(wanted):
+        if level == "#":
+            return True
+        if i >= len(parts) or (level not in ("+", parts[i])):
+            return False
+    return len(parts) == len(wanted)
+
+
+@dataclass(frozen=True)
+class TopicRule:
+    """One ACL line: `read` (subscribe/receive), `write` (publish) or `readwrite`."""
+
+    access: Literal["read", "write", "readwrite"]
+    topic: str
+
+
+class Account(BaseModel):
+    """One broker account: a device bound to its train and id, or a service."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    username: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    kind: Literal["device", "service"]
+    password_hash: str
+    train_id: str | None = None
+    device_id: int | None = Field(None, ge=0, le=0xFFFFFFFF)
+    revoked: bool = False
+
+    def rules(self) -> list[TopicRule]:
+        """The topics this account may use."""
+        if self.kind == "service":
+            return [TopicRule("readwrite", "trackside/#")]
+        own = f"trackside/v1/{self.train_id}/{self.device_id}"
+        return [
+            TopicRule("write", f"{own}/telemetry"),
+            TopicRule("write", f"{own}/status"),
+            TopicRule("write", f"{own}/reply"),
+            TopicRule("read", f"{own}/config"),
+            TopicRule("read", f"{own}/cmd"),
+            TopicRule("read", f"trackside/v1/{self.train_id}/cmd"),
+        ]
+
+    def may(self, access: Literal["read", "write"], topic: str) -> bool:
+        """True if this account may read (subscribe to) or write (publish to) `topic`."""
+        if self.revoked:
+            return False
+        return any(
+            access in rule.access and topic_matches(rule.topic, topic) for rule in self.rules()
+        )
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    accounts: list[Account] = Field(default_factory=list)
+
+
+class Registry:
+    """The accounts in one YAML file; every change is written back atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.accounts: dict[str, Account] = {}
+        self.mtime_ns = 0
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file again (a missing file is an empty registry)."""
+        if not self.path.exists():
+            self.accounts, self.mtime_ns = {}, 0
+            return
+        try:
+            raw = yaml.safe_load(self.path.read_text()) or {}
+            parsed = _File.model_validate(raw)
+        except (OSError, yaml.YAMLError) as exc:
+            raise RegistryError(f"{self.path}: cannot read the device registry: {exc}") from exc
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            raise RegistryError(f"{self.path}: {key}: {first['msg']}") from exc
+        self.accounts = {a.username: a for a in parsed.accounts}
+        self.mtime_ns = self.path.stat().st_mtime_ns
+
+    def reload_if_changed(self) -> None:
+        """Pick up changes made by `trackside devices ...` while a broker runs."""
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = 0
+        if mtime != self.mtime_ns:
+            self.reload()
+
+    def authenticate(self, username: str | None, password: str | None) -> Account | None:
+        """The account if the username exists, is not revoked and the password matches."""
+        account = self.accounts.get(username or "")
+        if account is None or account.revoked or password is None:
+            return None
+        return account if verify_password(password, account.password_hash) else None
+
+    def add_device(self, device_id: int, train_id: str, password: str | None = None) -> str:
+        """Register a device; returns its plain password (shown once, stored hashed)."""
+        if not TRAIN_ID.match(train_id):
+            raise RegistryError(
+                f"train id {train_id!r}: use 1-32 letters, digits, '-' or '_' (e.g. T101)"
+            )
+        username = f"device-{device_id}"
+        return self._add(
+            username,
+            password,
+            lambda hashed: Account(
+                username=username,
+                kind="device",
+                password_hash=hashed,
+                train_id=train_id,
+                device_id=device_id,
+            ),
+        )
+
+    def add_service(self, username: str, password: str | None = None, replace: bool = False) -> str:
+        """Register a service account (bridge, simulator, tools); returns its plain password.
+
+        `replace` issues new credentials for an existing account (the gateway does this for its
+        own bridge at every start, so that password never needs to be stored anywhere).
+        """
+        if replace and username in self.accounts:
+            del self.accounts[username]
+        return self._add(
+            username,
+            password,
+            lambda hashed: Account(username=username, kind="service", password_hash=hashed),
+        )
+
+    def revoke(self, username: str) -> None:
+        """Refuse an account from now on (kept in the file, marked revoked)."""
+        account = self.accounts.get(username)
+        if account is None:
+            raise RegistryError(
+                f"no account {username!r} in {self.path}; `trackside devices list` shows them"
+            )
+        self.accounts[username] = account.model_copy(update={"revoked": True})
+        self._save()
+
+    def write_mosquitto_files(self, password_file: Path, acl_file: Path) -> None:
+        """Mosquitto's `password_file` and `acl_file` for the accounts that are not revoked."""
+        live = [a for a in self.accounts.values() if not a.revoked]
+        _write_private(password_file, "".join(f"{a.username}:{a.password_hash}\n" for a in live))
+        _write_private(acl_file, "".join(_acl_block(a) for a in live))
+
+    def _add(self, username: str, password: str | None, make: Callable[[str], Account]) -> str:
+        current = self.accounts.get(username)
+        if current is not None and not current.revoked:
+            raise RegistryError(
+                f"{username!r} is already registered in {self.path}; "
+                "revoke it first to issue new credentials"
+            )
+        plain = password or secrets.token_urlsafe(18)
+        try:
+            self.accounts[username] = make(hash_password(plain))
+        except ValidationError as exc:
+            raise RegistryError(f"{username!r}: {exc.errors()[0]['msg']}") from exc
+        self._save()
+        return plain
+
+    def _save(self) -> None:
+        data = {"accounts": [a.model_dump(exclude_defaults=True) for a in self.accounts.values()]}
+        _write_private(self.path, yaml.safe_dump(data, sort_keys=False))
+        self.mtime_ns = self.path.stat().st_mtime_ns
+
+
+def _acl_block(account: Account) -> str:
+    lines: Iterable[str] = (f"topic {rule.access} {rule.topic}" for rule in account.rules())
+    return f"user {account.username}\n" + "\n".join(lines) + "\n\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically, readable by the owner only (the files hold password hashes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)

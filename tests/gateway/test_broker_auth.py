@@ -1,0 +1,163 @@
+"""Per-device credentials and topic ACLs from one registry, on both brokers, with TLS."""
+
+from __future__ import annotations
+
+import queue
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from gateway.certs import make_certificates
+from gateway.localkafka import free_port
+from gateway.registry import Registry
+from tests.fixtures.mqtt import BrokerHandle
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Secured:
+    broker: BrokerHandle
+    tls_port: int
+    ca_file: Path
+    passwords: dict[str, str]
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def secured(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., BrokerHandle],
+    amqtt_factory: Callable[..., BrokerHandle],
+) -> Iterator[Secured]:
+    registry = Registry(tmp_path / "devices.yaml")
+    passwords = {
+        "device-1": registry.add_device(1, "T1"),
+        "device-2": registry.add_device(2, "T1"),
+        "observer": registry.add_service("observer"),
+    }
+    ca_file, cert_file, key_file = make_certificates(tmp_path / "tls", ["127.0.0.1"])
+    tls_port = free_port()
+    if request.param == "mosquitto":
+        registry.write_mosquitto_files(tmp_path / "passwd", tmp_path / "acl")
+        broker = mosquitto_factory(
+            "allow_anonymous false\n"
+            f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"
+            f"listener {tls_port} 127.0.0.1\n"
+            f"certfile {cert_file}\nkeyfile {key_file}\n"
+        )
+    else:
+        broker = amqtt_factory(
+            "--registry", str(registry.path), "--tls-port", str(tls_port),
+            "--cert", str(cert_file), "--key", str(key_file),
+        )  # fmt: skip
+    yield Secured(broker, tls_port, ca_file, passwords)
+
+
+def connect(
+    port: int, username: str, password: str, ca_file: Path | None = None
+) -> tuple[mqtt.Client, mqtt.ReasonCode]:
+    """A connected client (loop running) and the broker's CONNACK reason."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{username}-{port}")
+    client.username_pw_set(username, password)
+    if ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file), cert_reqs=ssl.CERT_REQUIRED)
+    answer: queue.Queue[mqtt.ReasonCode] = queue.Queue()
+    client.on_connect = lambda _c, _u, _f, reason, _p: answer.put(reason)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        reason = answer.get(timeout=20)
+    except queue.Empty:
+        reason = mqtt.ReasonCode(mqtt.PacketTypes.CONNACK, "Not authorized")
+    return client, reason
+
+
+def observe(secured: Secured) -> tuple[mqtt.Client, queue.Queue[tuple[str, bytes]]]:
+    client, reason = connect(secured.broker.port, "observer", secured.passwords["observer"])
+    assert not reason.is_failure, reason
+    seen: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    subscribed: queue.Queue[list[mqtt.ReasonCode]] = queue.Queue()
+    client.on_message = lambda _c, _u, msg: seen.put((msg.topic, msg.payload))
+    client.on_subscribe = lambda _c, _u, _m, reasons, _p: subscribed.put(reasons)
+    client.subscribe("trackside/#", qos=1)
+    assert not subscribed.get(timeout=10)[0].is_failure
+    return client, seen
+
+
+def test_a_device_cannot_publish_as_another(secured: Secured) -> None:
+    observer, seen = observe(secured)
+    device, reason = connect(secured.broker.port, "device-1", secured.passwords["device-1"])
+    assert not reason.is_failure, reason
+    device.publish("trackside/v1/T1/2/telemetry", b"spoofed", qos=1).wait_for_publish(10)
+    device.publish("trackside/v1/T9/1/telemetry", b"wrong train", qos=1).wait_for_publish(10)
+    device.publish("trackside/v1/T1/1/telemetry", b"own", qos=1).wait_for_publish(10)
+    # The device's own reading comes after the refused ones: once it is here, they would be too.
+    assert seen.get(timeout=10) == ("trackside/v1/T1/1/telemetry", b"own")
+    assert seen.empty()
+    for client in (device, observer):
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_a_device_cannot_read_another_devices_commands(secured: Secured) -> None:
+    device, reason = connect(secured.broker.port, "device-1", secured.passwords["device-1"])
+    assert not reason.is_failure, reason
+    received: queue.Queue[str] = queue.Queue()
+    granted: queue.Queue[list[mqtt.ReasonCode]] = queue.Queue()
+    device.on_message = lambda _c, _u, msg: received.put(msg.topic)
+    device.on_subscribe = lambda _c, _u, _m, reasons, _p: granted.put(reasons)
+    # amqtt refuses the second filter in the SUBACK; Mosquitto grants it but delivers nothing.
+    device.subscribe([("trackside/v1/T1/1/cmd", 1), ("trackside/v1/T1/2/cmd", 1)])
+    assert not granted.get(timeout=10)[0].is_failure
+    operator, reason = connect(secured.broker.port, "observer", secured.passwords["observer"])
+    assert not reason.is_failure, reason
+    operator.publish("trackside/v1/T1/2/cmd", b"{}", qos=1).wait_for_publish(10)
+    operator.publish("trackside/v1/T1/1/cmd", b"{}", qos=1).wait_for_publish(10)
+    assert received.get(timeout=10) == "trackside/v1/T1/1/cmd"
+    assert received.empty()
+    for client in (device, operator):
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_wrong_password_and_unknown_user_are_refused(secured: Secured) -> None:
+    for username, password in (("device-1", "wrong"), ("nobody", "x"), ("device-1", "")):
+        client, reason = connect(secured.broker.port, username, password)
+        client.loop_stop()
+        client.disconnect()
+        assert reason.is_failure, (username, reason)
+
+
+def test_tls_listener(secured: Secured) -> None:
+    observer, seen = observe(secured)
+    device, reason = connect(
+        secured.tls_port, "device-1", secured.passwords["device-1"], secured.ca_file
+    )
+    assert not reason.is_failure, reason
+    device.publish("trackside/v1/T1/1/status", b'{"state": "online"}', qos=1).wait_for_publish(10)
+    assert seen.get(timeout=10) == ("trackside/v1/T1/1/status", b'{"state": "online"}')
+    for client in (device, observer):
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_revoked_device_is_refused_without_restart(
+    tmp_path: Path, amqtt_factory: Callable[..., BrokerHandle]
+) -> None:
+    registry = Registry(tmp_path / "devices.yaml")
+    password = registry.add_device(5, "T5")
+    broker = amqtt_factory("--registry", str(registry.path))
+    client, reason = connect(broker.port, "device-5", password)
+    client.loop_stop()
+    client.disconnect()
+    assert not reason.is_failure
+    registry.revoke("device-5")
+    client, reason = connect(broker.port, "device-5", password)
+    client.loop_stop()
+    client.disconnect()
+    assert reason.is_failure
