@@ -30,26 +30,25 @@ log = logging.getLogger(__name__)
 GATEWAY_ACCOUNT = "trackside-gateway"
 
 
-def _with_credentials(config: GatewayConfig) -> tuple[ConnectorConfig, ...]:
-    """Give connectors without a username fresh credentials of the gateway's own account."""
-    if not (config.broker.enabled and config.broker.registry):
+def _for_embedded_broker(config: GatewayConfig) -> tuple[ConnectorConfig, ...]:
+    """Connectors of the embedded broker speak MQTT 3.1.1 (amqtt's version) unless told
+    otherwise, and those without a username get fresh credentials of the gateway's account."""
+    if not config.broker.enabled:
         return config.connectors
-    anonymous = [c for c in config.connectors if c.mqtt.username is None]
-    if not anonymous:
-        return config.connectors
-    password = Registry(config.broker.registry).add_service(GATEWAY_ACCOUNT, replace=True)
-    return tuple(
-        c.model_copy(
-            update={
-                "mqtt": c.mqtt.model_copy(
-                    update={"username": GATEWAY_ACCOUNT, "password": SecretStr(password)}
-                )
-            }
+    password = None
+    if config.broker.registry and any(c.mqtt.username is None for c in config.connectors):
+        password = Registry(config.broker.registry).add_service(GATEWAY_ACCOUNT, replace=True)
+    connectors = []
+    for connector in config.connectors:
+        mqtt: dict[str, object] = {}
+        if "protocol" not in connector.mqtt.model_fields_set:
+            mqtt["protocol"] = "3.1.1"
+        if password is not None and connector.mqtt.username is None:
+            mqtt.update(username=GATEWAY_ACCOUNT, password=SecretStr(password))
+        connectors.append(
+            connector.model_copy(update={"mqtt": connector.mqtt.model_copy(update=mqtt)})
         )
-        if c.mqtt.username is None
-        else c
-        for c in config.connectors
-    )
+    return tuple(connectors)
 
 
 async def run_gateway(
@@ -66,7 +65,7 @@ async def run_gateway(
         broker = Broker(broker_config(config.broker))
         await broker.start()
         on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
-    connectors = {c.name: Connector(c) for c in _with_credentials(config)}
+    connectors = {c.name: Connector(c) for c in _for_embedded_broker(config)}
     runner: web.AppRunner | None = None
     try:
         for connector in connectors.values():

@@ -64,9 +64,12 @@ def publish_readings(
     count: int,
     rate: float = 0.0,
     boot_id: int = 1,
+    credentials: tuple[str, str] | None = None,
 ) -> None:
     """Each (train, device) publishes `count` readings, seq 0..count-1, QoS 1, all acked."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    if credentials:
+        client.username_pw_set(*credentials)
     client.max_inflight_messages_set(200)
     client.max_queued_messages_set(0)
     client.connect(broker.host, broker.port)
