@@ -1,0 +1,69 @@
+"""The alert service's own settings (`alerts.yaml`): Kafka, topic names, the rule file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.alerts.rules import load_model
+
+__all__ = ["DEFAULT_RULES", "KafkaSettings", "ServiceConfig", "Topics", "load_service_config"]
+
+DEFAULT_RULES = Path(__file__).resolve().parent / "default_rules.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Topics(_Frozen):
+    """Every topic the service reads or writes (docs/architecture.md)."""
+
+    telemetry: str = "trackside.telemetry"
+    device_status: str = "trackside.device-status"
+    operator_actions: str = "trackside.operator-actions"
+    alerts: str = "trackside.alerts"
+    alert_state: str = "trackside.alert-state"
+    maintenance: str = "trackside.maintenance"
+    commands: str = "trackside.commands"
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        """The default names with `trackside` replaced by `prefix` (`test-1.telemetry`, ...)."""
+        return cls(
+            **{
+                name: value.replace("trackside.", f"{prefix}.", 1)
+                for name, value in cls().model_dump().items()
+            }
+        )
+
+
+class KafkaSettings(_Frozen):
+    """The cluster, the group, the transactional id; `settings` go to librdkafka untouched."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "trackside-alerts"
+    # Stable per instance: a restarted instance fences the transactions of its old self.
+    transactional_id: str = "trackside-alerts-0"
+    partitions: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class ServiceConfig(_Frozen):
+    """One alert service instance."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: Topics = Topics()
+    rules_file: Path = DEFAULT_RULES
+    stale_check_s: float = Field(1.0, gt=0)
+    max_batch: int = Field(2000, ge=1)
+
+
+def load_service_config(path: Path) -> ServiceConfig:
+    """Read `alerts.yaml`; a relative `rules_file` is resolved against its folder."""
+    config = load_model(path, ServiceConfig, "alert service file")
+    if not config.rules_file.is_absolute():
+        config = config.model_copy(update={"rules_file": path.parent / config.rules_file})
+    return config

@@ -1,0 +1,348 @@
+"""Rule evaluation: readings, device statuses, operator actions and clock ticks in, records out.
+
+Pure: no I/O. Time comes from the readings (`ts_ms`) for `for` durations and rates, and from
+the caller (`tick(now_ms)`, the Kafka record time of a reading) for stale data. The same inputs
+on the same restored state give the same outputs, which is what makes a replay after a crash
+produce exactly the records the aborted transaction would have written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.alerts.rules import (
+    UNITS,
+    LevelRule,
+    PairRule,
+    RateRule,
+    RuleSet,
+    StaleRule,
+    ThresholdRule,
+)
+from gateway.alerts.state import DeviceSeen, Maintenance, RuleState, StateStore, seen_key
+
+__all__ = ["Effects", "Engine", "Reading"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One telemetry record, as the bridge's JSON converter writes it."""
+
+    train_id: str
+    device_id: int
+    boot_id: int
+    seq: int
+    ts_ms: int
+    values: dict[str, float]
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Reading:
+        """Parse a telemetry record; ValueError when it is not a reading."""
+        try:
+            raw = json.loads(data)
+            return cls(
+                str(raw["train_id"]),
+                int(raw["device_id"]),
+                int(raw["boot_id"]),
+                int(raw["seq"]),
+                int(raw["ts_ms"]),
+                {str(k): float(v) for k, v in raw["values"].items()},
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a reading: {exc!r}") from exc
+
+
+@dataclass
+class Effects:
+    """Records to write in one transaction (the changed states come from the store)."""
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    maintenance: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.alerts or self.maintenance or self.commands)
+
+
+class Engine:
+    """Evaluates every rule of a `RuleSet` against a `StateStore`; collects `Effects`."""
+
+    def __init__(self, rules: RuleSet, store: StateStore | None = None) -> None:
+        self.rules = rules
+        self.store = store if store is not None else StateStore()
+        self.level_rules = [r for r in rules.rules if not isinstance(r, StaleRule)]
+        self.stale_rules = [r for r in rules.rules if isinstance(r, StaleRule)]
+        self.by_name = {r.name: r for r in rules.rules}
+        self.duplicates = 0
+        self._out = Effects()
+
+    def drain(self) -> Effects:
+        """The effects collected since the last drain."""
+        out, self._out = self._out, Effects()
+        return out
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def reading(self, reading: Reading, arrival_ms: int) -> bool:
+        """Evaluate one reading; False when it is a duplicate (same device, boot id, seq)."""
+        store = self.store
+        device = (reading.train_id, reading.device_id)
+        seen = store.devices.get(device)
+        if seen is not None and seen.boot_id == reading.boot_id and reading.seq <= seen.seq:
+            self.duplicates += 1
+            return False
+        store.devices[device] = DeviceSeen(
+            reading.train_id, reading.device_id, reading.boot_id, reading.seq, arrival_ms
+        )
+        store.touch(seen_key(*device))
+        for rule in self.level_rules:
+            for state, measure in self._measures(rule, reading):
+                self._step(rule, state, measure, reading.ts_ms, reading.device_id)
+        for stale in self.stale_rules:
+            key = f"{reading.train_id}/{stale.name}/device-{reading.device_id}"
+            stale_state = store.rules.get(key)
+            if stale_state is not None and stale_state.state == "firing":
+                self._resolve(stale, stale_state, 0.0, reading.ts_ms, "reports again")
+        return True
+
+    def status(self, train_id: str, device_id: int, status: dict[str, Any], now_ms: int) -> None:
+        """A device status; the last will (`offline`) fires the stale rules at once."""
+        if status.get("state") != "offline":
+            return
+        seen = self.store.devices.get((train_id, device_id))
+        silent_s = (now_ms - seen.arrival_ms) / 1000 if seen is not None else 0.0
+        for rule in self.stale_rules:
+            if rule.on_last_will:
+                state = self.store.rule(train_id, rule.name, f"device-{device_id}")
+                if state.state != "firing":
+                    state.device_id = device_id
+                    state.since_ms = seen.arrival_ms if seen is not None else now_ms
+                    self._fire(rule, state, silent_s, now_ms, "went offline (last will)")
+
+    def tick(self, now_ms: int) -> None:
+        """Fire stale rules for devices silent for longer than their `after_s`."""
+        for rule in self.stale_rules:
+            after_ms = rule.after_s * 1000
+            for seen in self.store.devices.values():
+                silent_ms = now_ms - seen.arrival_ms
+                if silent_ms < after_ms:
+                    continue
+                state = self.store.rule(seen.train_id, rule.name, f"device-{seen.device_id}")
+                if state.state != "firing":
+                    state.device_id = seen.device_id
+                    state.since_ms = seen.arrival_ms
+                    self._fire(rule, state, silent_ms / 1000, now_ms, "sent nothing")
+
+    def action(self, action: dict[str, Any]) -> None:
+        """An operator action: `ack` an alert or `clear` a train's maintenance flag."""
+        try:
+            if action["action"] == "ack":
+                self._ack(str(action["key"]), str(action["by"]), int(action["at_ms"]))
+            elif action["action"] == "clear":
+                self._clear(str(action["train_id"]), str(action["by"]), int(action["at_ms"]))
+            else:
+                log.warning("ignored an operator action of unknown kind %r", action["action"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignored a malformed operator action %r: %r", action, exc)
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def _measures(
+        self, rule: ThresholdRule | RateRule | PairRule, reading: Reading
+    ) -> Iterator[tuple[RuleState, float]]:
+        values = reading.values
+        if isinstance(rule, ThresholdRule):
+            offset = 0.0
+            if rule.relative_to is not None:
+                if rule.relative_to not in values:
+                    return
+                offset = values[rule.relative_to]
+            for channel in rule.channels:
+                if channel in values:
+                    state = self.store.rule(reading.train_id, rule.name, channel)
+                    yield state, values[channel] - offset
+        elif isinstance(rule, PairRule):
+            for left, right in rule.pairs:
+                if left in values and right in values:
+                    state = self.store.rule(reading.train_id, rule.name, f"{left}-{right}")
+                    yield state, abs(values[left] - values[right])
+        else:
+            for channel in rule.channels:
+                if channel in values:
+                    state = self.store.rule(reading.train_id, rule.name, channel)
+                    rise = self._rise(rule, state, values[channel], reading.ts_ms)
+                    if rise is not None:
+                        yield state, rise
+
+    def _rise(self, rule: RateRule, state: RuleState, value: float, ts_ms: int) -> float | None:
+        """Rise per minute since the reference reading, once `window_s` has passed."""
+        ref_ts, ref_value = state.ref_ts_ms, state.ref_value
+        if ref_ts is not None and ref_value is not None and ts_ms >= ref_ts:
+            elapsed = ts_ms - ref_ts
+            if elapsed < rule.window_s * 1000:
+                return None
+            rise: float | None = (value - ref_value) * 60_000 / elapsed
+        else:
+            rise = None  # the first reading, or the device clock went back: start again
+        state.ref_ts_ms, state.ref_value = ts_ms, value
+        self.store.touch(state.key)
+        return rise
+
+    def _step(
+        self, rule: LevelRule, state: RuleState, measure: float, ts_ms: int, device_id: int
+    ) -> None:
+        if state.state == "firing":
+            if rule.cleared(measure):
+                self._resolve(rule, state, measure, ts_ms, "")
+            return
+        if not rule.raised(measure):
+            if state.state == "pending":
+                state.state, state.since_ms = "inactive", None
+                self.store.touch(state.key)
+            return
+        if state.state != "pending" or state.since_ms is None or ts_ms < state.since_ms:
+            state.state, state.since_ms, state.device_id = "pending", ts_ms, device_id
+            self.store.touch(state.key)
+        if ts_ms - state.since_ms >= rule.for_s * 1000:
+            state.device_id = device_id
+            self._fire(rule, state, measure, ts_ms, "")
+
+    # -- transitions ----------------------------------------------------------------------
+
+    def _fire(
+        self,
+        rule: LevelRule | StaleRule,
+        state: RuleState,
+        value: float,
+        ts_ms: int,
+        what: str,
+    ) -> None:
+        state.state, state.value, state.ts_ms = "firing", value, ts_ms
+        state.acked_by = state.acked_at_ms = None
+        self.store.touch(state.key)
+        self._alert(rule, state, "firing", _describe(rule, state, value, what))
+        if self.rules.policy.flags(rule):
+            self._flag(state.train_id, state.key, ts_ms)
+
+    def _resolve(
+        self,
+        rule: LevelRule | StaleRule,
+        state: RuleState,
+        value: float,
+        ts_ms: int,
+        what: str,
+    ) -> None:
+        state.state, state.value, state.ts_ms = "resolved", value, ts_ms
+        self.store.touch(state.key)
+        self._alert(rule, state, "resolved", _describe(rule, state, value, what or "back"))
+
+    def _alert(
+        self,
+        rule: LevelRule | StaleRule,
+        state: RuleState,
+        name: str,
+        message: str,
+    ) -> None:
+        threshold = rule.after_s if isinstance(rule, StaleRule) else rule.threshold
+        self._out.alerts.append(
+            {
+                "key": state.key,
+                "train_id": state.train_id,
+                "device_id": state.device_id,
+                "rule": state.rule,
+                "sensor": state.sensor,
+                "severity": rule.severity,
+                "state": name,
+                "value": round(state.value, 3) if state.value is not None else None,
+                "threshold": threshold,
+                "ts_ms": state.ts_ms,
+                "since_ms": state.since_ms,
+                "message": message,
+                "acked_by": state.acked_by,
+                "acked_at_ms": state.acked_at_ms,
+            }
+        )
+
+    def _flag(self, train_id: str, reason: str, ts_ms: int) -> None:
+        current = self.store.maintenance.get(train_id)
+        if current is not None and current.flagged:
+            return
+        disable = self.rules.policy.disable_train
+        flag = Maintenance(train_id, True, reason, ts_ms, "alerts", disable)
+        self.store.maintenance[train_id] = flag
+        self._out.maintenance.append(_flag_record(flag))
+        if disable:
+            self._command(train_id, "disable", ts_ms)
+
+    def _ack(self, key: str, by: str, at_ms: int) -> None:
+        state = self.store.rules.get(key)
+        rule = self.by_name.get(state.rule) if state is not None else None
+        if state is None or rule is None or state.state != "firing":
+            log.warning("ignored an ack of %s: no such alert is firing", key)
+            return
+        state.acked_by, state.acked_at_ms = by, at_ms
+        self.store.touch(key)
+        value = state.value if state.value is not None else 0.0
+        self._alert(rule, state, "acknowledged", _describe(rule, state, value, f"acked by {by}"))
+
+    def _clear(self, train_id: str, by: str, at_ms: int) -> None:
+        current = self.store.maintenance.get(train_id)
+        if current is None or not current.flagged:
+            log.warning("ignored a clear of train %s: it has no maintenance flag", train_id)
+            return
+        flag = Maintenance(train_id, False, current.reason, at_ms, by, False)
+        self.store.maintenance[train_id] = flag
+        self._out.maintenance.append(_flag_record(flag))
+        if current.disabled:
+            self._command(train_id, "enable", at_ms)
+
+    def _command(self, train_id: str, op: str, ts_ms: int) -> None:
+        # The id is derived from the input, so a replay after a crash writes the same command.
+        command_id = f"alerts-{train_id}-{op}-{ts_ms}"
+        self._out.commands.append(
+            {"train_id": train_id, "device_id": None, "op": op, "id": command_id}
+        )
+
+
+def _flag_record(flag: Maintenance) -> dict[str, Any]:
+    return {
+        "train_id": flag.train_id,
+        "flagged": flag.flagged,
+        "reason": flag.reason,
+        "since_ms": flag.since_ms,
+        "by": flag.by,
+        "disabled": flag.disabled,
+    }
+
+
+def _describe(
+    rule: LevelRule | StaleRule,
+    state: RuleState,
+    value: float,
+    what: str,
+) -> str:
+    """One line for people: `bearing_left_temp 131.2 degC above 120.0 for 10 s`."""
+    if isinstance(rule, StaleRule):
+        device = f"device {state.device_id} of {state.train_id}"
+        return f"{device} {what}" + (f" for {value:.0f} s" if what == "sent nothing" else "")
+    if isinstance(rule, PairRule):
+        unit = UNITS[state.sensor.split("-", 1)[0]]
+        subject = f"{state.sensor.replace('-', ' vs ', 1)} differ by {value:.1f} {unit}"
+    elif isinstance(rule, RateRule):
+        subject = f"{state.sensor} rising {value:.1f} {UNITS[state.sensor]}/min"
+    else:
+        relative = rule.relative_to if isinstance(rule, ThresholdRule) else None
+        over = f" over {relative}" if relative else ""
+        subject = f"{state.sensor} {value:.1f} {UNITS[state.sensor]}{over}"
+    side = "above" if rule.above is not None else "below"
+    if what == "back":
+        return f"{subject}, back past {rule.clear_level:g}"
+    held = f" for {rule.for_s:g} s" if rule.for_s else ""
+    line = f"{subject} {side} {rule.threshold:g}{held}"
+    return f"{line} ({what})" if what else line

@@ -1,0 +1,131 @@
+"""What the alert engine remembers, and its JSON form in the compacted topics.
+
+`trackside.alert-state` holds one record per `{train_id}/{rule}/{sensor}` (a `RuleState`) and
+one per `{train_id}/_seen/{device_id}` (a `DeviceSeen`: the newest reading of a device, for
+duplicate removal and stale detection). `trackside.maintenance` holds one `Maintenance` per
+train. Only records that changed are written, once per transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "SEEN",
+    "DeviceSeen",
+    "Maintenance",
+    "RuleState",
+    "StateName",
+    "StateStore",
+    "rule_key",
+    "seen_key",
+]
+
+StateName = Literal["inactive", "pending", "firing", "resolved"]
+SEEN = "_seen"  # the reserved rule part of a DeviceSeen key; rule names cannot start with "_"
+
+
+def rule_key(train_id: str, rule: str, sensor: str) -> str:
+    """The key of a rule's state and of its alert events."""
+    return f"{train_id}/{rule}/{sensor}"
+
+
+def seen_key(train_id: str, device_id: int) -> str:
+    """The key of a device's newest reading in the state topic."""
+    return f"{train_id}/{SEEN}/{device_id}"
+
+
+@dataclass
+class RuleState:
+    """One rule for one sensor of one train: inactive -> pending -> firing -> resolved."""
+
+    train_id: str
+    rule: str
+    sensor: str
+    state: StateName = "inactive"
+    device_id: int | None = None
+    since_ms: int | None = None
+    value: float | None = None
+    ts_ms: int | None = None
+    ref_ts_ms: int | None = None  # rate rules: the reading the next rise is measured from
+    ref_value: float | None = None
+    acked_by: str | None = None
+    acked_at_ms: int | None = None
+
+    @property
+    def key(self) -> str:
+        """`{train_id}/{rule}/{sensor}`."""
+        return rule_key(self.train_id, self.rule, self.sensor)
+
+
+@dataclass
+class DeviceSeen:
+    """The newest reading of one device: duplicates are at or below (boot_id, seq)."""
+
+    train_id: str
+    device_id: int
+    boot_id: int
+    seq: int
+    arrival_ms: int  # the Kafka record time, so stale detection needs no device clock
+
+
+@dataclass
+class Maintenance:
+    """A train's maintenance flag, as in `trackside.maintenance`."""
+
+    train_id: str
+    flagged: bool
+    reason: str | None
+    since_ms: int
+    by: str
+    disabled: bool = False
+
+
+@dataclass
+class StateStore:
+    """Every rule state, device and maintenance flag, with the keys changed since `take_dirty`."""
+
+    rules: dict[str, RuleState] = field(default_factory=dict)
+    devices: dict[tuple[str, int], DeviceSeen] = field(default_factory=dict)
+    maintenance: dict[str, Maintenance] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+
+    def rule(self, train_id: str, rule: str, sensor: str) -> RuleState:
+        """The state of `rule` for `sensor` of `train_id`, inactive when never seen."""
+        key = rule_key(train_id, rule, sensor)
+        state = self.rules.get(key)
+        if state is None:
+            state = self.rules[key] = RuleState(train_id, rule, sensor)
+        return state
+
+    def touch(self, key: str) -> None:
+        """Mark the state under `key` as changed."""
+        self.dirty.add(key)
+
+    def take_dirty(self) -> list[tuple[str, dict[str, Any]]]:
+        """The changed state records as (key, value) and forget that they changed."""
+        records: list[tuple[str, dict[str, Any]]] = []
+        for key in sorted(self.dirty):
+            train_id, rule, sensor = key.split("/", 2)
+            if rule == SEEN:
+                records.append((key, asdict(self.devices[(train_id, int(sensor))])))
+            else:
+                records.append((key, asdict(self.rules[key])))
+        self.dirty.clear()
+        return records
+
+    def restore_state(self, key: str, value: bytes) -> None:
+        """Load one record of the alert-state topic (the newest per key wins)."""
+        data = json.loads(value)
+        if key.split("/", 2)[1] == SEEN:
+            seen = DeviceSeen(**data)
+            self.devices[(seen.train_id, seen.device_id)] = seen
+        else:
+            self.rules[key] = RuleState(**data)
+
+    def restore_maintenance(self, value: bytes) -> None:
+        """Load one record of the maintenance topic."""
+        flag = Maintenance(**json.loads(value))
+        self.maintenance[flag.train_id] = flag

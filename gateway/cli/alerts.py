@@ -1,0 +1,83 @@
+"""`trackside alerts run|check`: the alert service and its rule files."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from gateway.alerts.config import ServiceConfig, Topics, load_service_config
+from gateway.alerts.rules import StaleRule, load_rules
+from gateway.alerts.service import AlertService
+from gateway.cli.console import console
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="The alert service: rules over telemetry, exactly-once alerts and maintenance flags.",
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def check(rules: Path = typer.Argument(..., help="Rule file (YAML).")) -> None:
+    """Validate a rule file: kinds, channel names, levels, durations."""
+    rule_set = load_rules(rules)
+    console.print(f"[green]{rules}: {len(rule_set.rules)} rules are valid[/]")
+    for rule in rule_set.rules:
+        level = f"after {rule.after_s:g} s" if isinstance(rule, StaleRule) else rule.threshold
+        console.print(f"  {rule.name:<24} {rule.kind:<9} {rule.severity:<8} {level}")
+
+
+@app.command()
+def run(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Service file (YAML)."),
+    rules: Path | None = typer.Option(None, help="Rule file; default: the built-in rules."),
+    bootstrap_servers: str | None = typer.Option(None, help="Kafka bootstrap servers."),
+    topic_prefix: str | None = typer.Option(
+        None, help="Use PREFIX.telemetry, PREFIX.alerts, ... instead of trackside.*"
+    ),
+    group_id: str | None = typer.Option(None, help="Kafka consumer group."),
+    transactional_id: str | None = typer.Option(
+        None, help="Kafka transactional id; stable per instance."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the service does."),
+) -> None:
+    """Run the alert service until SIGTERM or Ctrl-C."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    service_config = load_service_config(config) if config else ServiceConfig()
+    kafka: dict[str, Any] = {}
+    if bootstrap_servers:
+        kafka["bootstrap_servers"] = bootstrap_servers
+    if group_id:
+        kafka["group_id"] = group_id
+    if transactional_id:
+        kafka["transactional_id"] = transactional_id
+    update: dict[str, Any] = {"kafka": service_config.kafka.model_copy(update=kafka)}
+    if topic_prefix:
+        update["topics"] = Topics.with_prefix(topic_prefix)
+    if rules:
+        update["rules_file"] = rules
+    service_config = service_config.model_copy(update=update)
+    service = AlertService(service_config, load_rules(service_config.rules_file))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(
+        f"alert service on {service_config.kafka.bootstrap_servers}, "
+        f"rules {service_config.rules_file} (Ctrl-C stops it)"
+    )
+    service.run(stop)
+    counters = service.counters
+    console.print(
+        f"alert service stopped: {counters.readings} readings, {counters.alerts} alerts, "
+        f"{counters.duplicates} duplicates, {counters.rejected} rejected, "
+        f"{counters.transactions} transactions"
+    )

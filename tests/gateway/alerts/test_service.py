@@ -1,0 +1,308 @@
+"""The alert service against the real Kafka: exactly-once alerts across SIGKILL, the policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from gateway.alerts.config import KafkaSettings, ServiceConfig, Topics
+from gateway.alerts.rules import RuleSet
+from gateway.alerts.service import AlertService
+from tests.fixtures.kafka import KafkaService
+from tests.fixtures.processes import active_logs
+
+pytestmark = pytest.mark.integration
+
+HOT_RULES = """
+rules:
+  - {name: hot, kind: threshold, channels: [bearing_left_temp], above: 120, clear: 100}
+policy: {flag_severities: []}
+"""
+Event = dict[str, Any]
+
+
+class TopicReader:
+    """A background read_committed consumer collecting every record of one topic."""
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self.records: list[Event] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "log_level": 3,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                with self._lock:
+                    self.records.append(json.loads(msg.value() or b"null"))
+
+    def wait(self, done: Callable[[list[Event]], bool], timeout: float = 60) -> list[Event]:
+        """The records once `done(records)` holds; fails after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if done(self.records):
+                    return list(self.records)
+            time.sleep(0.05)
+        with self._lock:
+            raise AssertionError(f"gave up after {timeout} s with {len(self.records)} records")
+
+    def close(self) -> None:
+        """Stop the thread and close the consumer."""
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+@pytest.fixture
+def readers(kafka: KafkaService) -> Iterator[Callable[[str], TopicReader]]:
+    opened: list[TopicReader] = []
+
+    def open_reader(topic: str) -> TopicReader:
+        opened.append(TopicReader(kafka.bootstrap_servers, topic))
+        return opened[-1]
+
+    yield open_reader
+    for reader in opened:
+        reader.close()
+
+
+def _reading(train: str, seq: int, value: float, device_id: int = 7) -> bytes:
+    return json.dumps(
+        {
+            "train_id": train,
+            "device_id": device_id,
+            "boot_id": 1,
+            "seq": seq,
+            "ts_ms": 1_767_225_600_000 + seq * 1000,
+            "wall_clock": True,
+            "values": {"bearing_left_temp": value},
+        }
+    ).encode()
+
+
+def _service(
+    kafka: KafkaService, prefix: str, rules: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    active_logs[f"alerts:{prefix}"] = log
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "alerts",
+                "run",
+                "--bootstrap-servers",
+                kafka.bootstrap_servers,
+                "--topic-prefix",
+                prefix,
+                "--rules",
+                str(rules),
+                "--group-id",
+                f"{prefix}-alerts",
+                "--transactional-id",
+                f"{prefix}-alerts-0",
+                "-v",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+TRAINS = [f"T{i}" for i in range(40)]
+CYCLES = 8  # per train: 50, 130, 130, 50 -> one firing and one resolved event per cycle
+PATTERN = [50.0, 130.0, 130.0, 50.0]
+
+
+def test_sigkill_mid_burst_writes_each_alert_exactly_once_and_restores_states(
+    kafka: KafkaService,
+    unique_topic: str,
+    tmp_path: Path,
+    readers: Callable[[str], TopicReader],
+) -> None:
+    topics = Topics.with_prefix(unique_topic)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(HOT_RULES)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 5})
+    alerts = readers(topics.alerts)
+
+    def send(train: str, seq: int, value: float) -> None:
+        producer.produce(topics.telemetry, _reading(train, seq, value), train.encode())
+
+    # "Tlong" fires now and resolves only after the restart: its state must survive the kill.
+    send("Tlong", 0, 130.0)
+    assert producer.flush(30) == 0
+    service = _service(kafka, unique_topic, rules, tmp_path / "alerts-1.log")
+    alerts.wait(lambda r: len(r) == 1)
+
+    burst_done, killed = threading.Event(), threading.Event()
+
+    def burst() -> None:
+        readings = [v for _ in range(CYCLES) for v in PATTERN]
+        for seq, value in enumerate(readings, start=1):
+            if seq == len(readings) // 2:
+                killed.wait(120)  # on a slow machine: keep the second half for after the kill
+            for train in TRAINS:
+                send(train, seq, value)
+                if seq % 5 == 0:
+                    send(train, seq - 2, readings[seq - 3])  # a redelivered older reading
+            send("Tlong", seq, 125.0)  # between clear and threshold: keeps firing
+            producer.poll(0)
+            time.sleep(0.12)
+        assert producer.flush(30) == 0
+        burst_done.set()
+
+    sender = threading.Thread(target=burst, daemon=True)
+    sender.start()
+    expected_total = len(TRAINS) * CYCLES * 2 + 2
+    seen = alerts.wait(lambda r: len(r) >= expected_total // 4)
+    os.kill(service.pid, signal.SIGKILL)
+    service.wait()
+    killed.set()
+    assert len(seen) < expected_total // 2
+
+    service = _service(kafka, unique_topic, rules, tmp_path / "alerts-2.log")
+    try:
+        sender.join(120)
+        assert burst_done.is_set()
+        send("Tlong", 10_000, 20.0)  # resolves; the service sees it after the whole burst
+        assert producer.flush(30) == 0
+        events = alerts.wait(
+            lambda r: any(e["train_id"] == "Tlong" and e["state"] == "resolved" for e in r),
+            timeout=120,
+        )
+    finally:
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(60) == 0
+
+    keys = Counter((e["train_id"], e["state"], e["ts_ms"]) for e in events)
+    expected = Counter(
+        (train, state, 1_767_225_600_000 + seq * 1000)
+        for train in TRAINS
+        for cycle in range(CYCLES)
+        for state, seq in (("firing", cycle * 4 + 2), ("resolved", cycle * 4 + 4))
+    )
+    expected[("Tlong", "firing", 1_767_225_600_000)] = 1
+    expected[("Tlong", "resolved", 1_767_225_600_000 + 10_000_000)] = 1
+    extra, missing = keys - expected, expected - keys
+    assert (extra, missing) == (Counter(), Counter())  # each alert once: no extra, none missing
+
+
+def test_policy_disables_a_flagged_train_and_a_clear_enables_it(
+    kafka: KafkaService, unique_topic: str, readers: Callable[[str], TopicReader]
+) -> None:
+    topics = Topics.with_prefix(unique_topic)
+    rules = RuleSet.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "bearing_hot",
+                    "kind": "threshold",
+                    "channels": ["bearing_left_temp"],
+                    "above": 120,
+                    "severity": "critical",
+                },
+                {"name": "stale", "kind": "stale", "after_s": 3600},
+            ],
+            "policy": {"disable_train": True},
+        }
+    )
+    config = ServiceConfig(
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=f"{unique_topic}-alerts",
+            transactional_id=f"{unique_topic}-alerts-0",
+        ),
+        topics=topics,
+    )
+    service = AlertService(config, rules)
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    runner.start()
+    alerts, flags, commands = (
+        readers(topics.alerts),
+        readers(topics.maintenance),
+        readers(topics.commands),
+    )
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+
+    def send(topic: str, key: str, value: Event | bytes) -> None:
+        payload = value if isinstance(value, bytes) else json.dumps(value).encode()
+        producer.produce(topic, payload, key.encode())
+        assert producer.flush(30) == 0
+
+    try:
+        assert service.ready.wait(60)
+        send(topics.telemetry, "T9", _reading("T9", 1, 131.2))
+        (firing,) = alerts.wait(lambda r: len(r) == 1)
+        assert firing["key"] == "T9/bearing_hot/bearing_left_temp"
+        assert (firing["state"], firing["severity"], firing["value"]) == (
+            "firing",
+            "critical",
+            131.2,
+        )
+        (flag,) = flags.wait(lambda r: len(r) == 1)
+        assert flag == {
+            "train_id": "T9",
+            "flagged": True,
+            "reason": firing["key"],
+            "since_ms": firing["ts_ms"],
+            "by": "alerts",
+            "disabled": True,
+        }
+        (disable,) = commands.wait(lambda r: len(r) == 1)
+        assert (disable["train_id"], disable["device_id"], disable["op"]) == ("T9", None, "disable")
+
+        send(
+            topics.operator_actions,
+            firing["key"],
+            {"action": "ack", "key": firing["key"], "by": "maria", "at_ms": 5},
+        )
+        send(topics.operator_actions, "T9", {"action": "clear", "train_id": "T9", "by": "maria",
+                                              "at_ms": 6})
+        acked = alerts.wait(lambda r: len(r) == 2)[1]
+        assert (acked["state"], acked["acked_by"], acked["acked_at_ms"]) == (
+            "acknowledged",
+            "maria",
+            5,
+        )
+        cleared = flags.wait(lambda r: len(r) == 2)[1]
+        assert (cleared["flagged"], cleared["by"], cleared["disabled"]) == (False, "maria", False)
+        enable = commands.wait(lambda r: len(r) == 2)[1]
+        assert (enable["train_id"], enable["op"]) == ("T9", "enable")
+
+        send(topics.device_status, "T9/7", {"state": "offline"})  # the last will
+        send(topics.telemetry, "T9", b"garbage is skipped, not fatal")
+        stale = alerts.wait(lambda r: len(r) == 3)[2]
+        assert (stale["key"], stale["state"]) == ("T9/stale/device-7", "firing")
+        assert runner.is_alive()
+    finally:
+        stop.set()
+        runner.join(60)
+    assert service.counters.rejected == 1
