@@ -1,0 +1,83 @@
+"""`trackside dashboard`: the maintenance dashboard on one port, fed from Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import typer
+
+from gateway.cli.console import console
+from gateway.dashboard import DashboardError
+from gateway.dashboard.config import DashboardConfig, Topics
+from gateway.dashboard.server import serve
+
+__all__ = ["TOKEN_ENV", "register"]
+
+TOKEN_ENV = "TRACKSIDE_DASHBOARD_TOKEN"
+DEFAULTS = Topics()
+TOKEN_FILE = typer.Option(
+    None, help=f"File with the token for actions (else ${TOKEN_ENV}, else generated)."
+)
+
+
+def _token(token_file: Path | None) -> str:
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise DashboardError(f"cannot read --token-file {token_file}: {exc.strerror}") from exc
+        if not token:
+            raise DashboardError(f"--token-file {token_file} is empty: put the token in it")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    token = secrets.token_urlsafe(24)
+    console.print(f"No token given: operator actions need this one: [bold]{token}[/]")
+    return token
+
+
+def register(app: typer.Typer) -> None:
+    """Add the top-level `dashboard` command to the CLI."""
+
+    @app.command()
+    def dashboard(
+        bootstrap_servers: str = typer.Option(
+            "127.0.0.1:9092", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers."
+        ),
+        host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every one)."),
+        port: int = typer.Option(8080, help="HTTP port (0: any free port)."),
+        token_file: Path | None = TOKEN_FILE,
+        telemetry_topic: str = typer.Option(DEFAULTS.telemetry),
+        device_status_topic: str = typer.Option(DEFAULTS.device_status),
+        alerts_topic: str = typer.Option(DEFAULTS.alerts),
+        maintenance_topic: str = typer.Option(DEFAULTS.maintenance),
+        operator_actions_topic: str = typer.Option(DEFAULTS.operator_actions),
+        history: int = typer.Option(120, help="Values kept per channel and train."),
+    ) -> None:
+        """Serve the fleet, live values, alerts and maintenance flags; Ctrl-C stops it."""
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        config = DashboardConfig(
+            bootstrap_servers=bootstrap_servers,
+            token=_token(token_file),
+            host=host,
+            port=port,
+            history=history,
+            topics=Topics(
+                telemetry=telemetry_topic,
+                device_status=device_status_topic,
+                alerts=alerts_topic,
+                maintenance=maintenance_topic,
+                operator_actions=operator_actions_topic,
+            ),
+        )
+
+        def ready(url: str) -> None:
+            console.print(f"[green]dashboard at[/] {url}", highlight=False)
+
+        asyncio.run(serve(config, ready))
+        console.print("dashboard stopped")

@@ -1,0 +1,114 @@
+"""The Kafka side of the dashboard: a consumer thread that keeps a `Fleet` up to date.
+
+Every dashboard reads everything, so the group id is unique per process and nothing is
+committed. At start it reads the maintenance, status and alert topics from the beginning and
+only the last `telemetry_backlog` records of each telemetry partition (enough for the
+sparklines). Alerts are transactional: the consumer reads with `isolation.level=read_committed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+
+from gateway.dashboard import DashboardError
+from gateway.dashboard.config import DashboardConfig
+from gateway.dashboard.fleet import Fleet, RecordKind
+
+__all__ = ["FleetReader"]
+
+log = logging.getLogger(__name__)
+
+
+class FleetReader:
+    """Consumes the four topics into `fleet` on a thread; `start()`, then `stop()`."""
+
+    def __init__(self, config: DashboardConfig, fleet: Fleet) -> None:
+        self.config = config
+        self.fleet = fleet
+        topics = config.topics
+        self._kinds: dict[str, RecordKind] = {
+            topics.telemetry: "telemetry",
+            topics.device_status: "status",
+            topics.alerts: "alerts",
+            topics.maintenance: "maintenance",
+        }
+        settings: dict[str, Any] = {
+            "bootstrap.servers": config.bootstrap_servers,
+            "group.id": f"trackside-dashboard-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            # Topics created after the start (a fresh cluster) are picked up within seconds.
+            "topic.metadata.refresh.interval.ms": 5000,
+            "error_cb": self._on_error,
+            # Errors reach us through error_cb or the delivery report; librdkafka's own log
+            # would repeat each failed connection attempt many times a second.
+            "log_level": 0,
+        }
+        settings.update(config.kafka_settings)
+        try:
+            self._consumer = Consumer(settings)
+        except KafkaException as exc:
+            raise DashboardError(f"Kafka settings refused by librdkafka: {exc}") from exc
+        self.last_error: str | None = None
+        self._last_code: int | None = None
+        self.assigned = False
+        self._running = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-reader", daemon=True)
+
+    def start(self) -> None:
+        """Subscribe and start consuming on the reader thread."""
+        self._consumer.subscribe(list(self._kinds), on_assign=self._on_assign)
+        self._running.set()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and leave the group."""
+        self._running.clear()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._consumer.close()
+
+    def _on_error(self, error: KafkaError) -> None:
+        # One line per kind of trouble, not one per reconnect attempt.
+        if error.code() != self._last_code:
+            log.warning(
+                "Kafka at %s: %s (retrying; check --bootstrap-servers if this lasts)",
+                self.config.bootstrap_servers,
+                error.str(),
+            )
+        self._last_code = error.code()
+        self.last_error = error.str()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        telemetry = self.config.topics.telemetry
+        for partition in partitions:
+            partition.offset = OFFSET_BEGINNING
+            if partition.topic == telemetry:
+                low, high = consumer.get_watermark_offsets(partition, timeout=10, cached=False)
+                partition.offset = max(low, high - self.config.telemetry_backlog)
+        consumer.assign(partitions)
+        self.assigned = True
+
+    def _run(self) -> None:
+        while self._running.is_set():
+            for msg in self._consumer.consume(1000, 0.2):
+                error = msg.error()
+                if error is not None:
+                    self._on_error(error)
+                    continue
+                kind = self._kinds.get(msg.topic() or "")
+                if kind is not None:
+                    self.fleet.apply(kind, msg.key(), msg.value(), msg.timestamp()[1])
+                    self.last_error = self._last_code = None

@@ -1,0 +1,130 @@
+"""Fixtures for the dashboard: its own topics, the server as a subprocess, and the browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from gateway.dashboard.config import Topics
+from gateway.localkafka import free_port
+from tests.fixtures.kafka import KafkaService
+from tests.fixtures.processes import LOG_ROOT, ServiceError, ServiceProcess
+
+TOKEN = "s3cret-test-token"
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """A running dashboard: its URL, token, topics and Kafka."""
+
+    url: str
+    token: str
+    topics: Topics
+    bootstrap_servers: str
+
+    def get(self, path: str) -> Any:
+        """GET a JSON document from the server."""
+        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as response:
+            return json.load(response)
+
+    def post(self, path: str, body: Any, token: str | None) -> int:
+        """POST JSON with an optional bearer token; the HTTP status."""
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(
+            self.url + path.lstrip("/"), json.dumps(body).encode(), headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+
+def _create_topics(bootstrap: str, topics: Topics) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [topics.telemetry, topics.device_status, topics.alerts, topics.operator_actions]
+    new = [NewTopic(name, num_partitions=2) for name in names]
+    new.append(
+        NewTopic(topics.maintenance, num_partitions=1, config={"cleanup.policy": "compact"})
+    )
+    for future in admin.create_topics(new, operation_timeout=30).values():
+        future.result(timeout=60)
+
+
+@pytest.fixture
+def dashboard(kafka: KafkaService, tmp_path: Path) -> Iterator[Dashboard]:
+    """`trackside dashboard` on a free port, reading uuid-suffixed topics; stopped with SIGTERM."""
+    suffix = uuid.uuid4().hex[:8]
+    topics = Topics(
+        telemetry=f"test.telemetry.{suffix}",
+        device_status=f"test.device-status.{suffix}",
+        alerts=f"test.alerts.{suffix}",
+        maintenance=f"test.maintenance.{suffix}",
+        operator_actions=f"test.operator-actions.{suffix}",
+    )
+    _create_topics(kafka.bootstrap_servers, topics)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "dashboard", "--port", str(port)]
+    argv += ["--bootstrap-servers", kafka.bootstrap_servers, "--token-file", str(token_file)]
+    for name, topic in topics.model_dump().items():
+        argv += [f"--{name.replace('_', '-')}-topic", topic]
+    log_file = LOG_ROOT / f"dashboard-{suffix}.log"
+    service = ServiceProcess("dashboard", argv, "127.0.0.1", port, log_file)
+    service.start(timeout=60)
+    handle = Dashboard(f"http://127.0.0.1:{port}/", TOKEN, topics, kafka.bootstrap_servers)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if handle.get("/healthz")["status"] == "ok":
+                break
+        except urllib.error.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the dashboard did not become healthy:\n{service.tail()}")
+        time.sleep(0.2)
+    yield handle
+    service.stop(timeout=30)
+    assert "Traceback" not in service.tail(200), service.tail(200)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium (the package's binary; no browser is downloaded).
+
+    Module scope: Playwright's sync API keeps an event loop running in this thread while it
+    is open, and asyncio tests of other modules need it closed.
+    """
+    executable = shutil.which("chromium")
+    if executable is None:
+        raise ServiceError("Chromium is missing: apt-get install chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context (empty localStorage) at desk size."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(30_000)
+    yield context.new_page()
+    context.close()
