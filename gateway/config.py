@@ -6,10 +6,28 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from bridge.config import ConfigError, ConnectorConfig, checked, load_yaml_model
+from bridge.config import (
+    CommandsConfig,
+    ConfigError,
+    ConnectorConfig,
+    KafkaTarget,
+    MqttSource,
+    SpoolConfig,
+    TransformConfig,
+    checked,
+    load_yaml_model,
+)
+from gateway.alerts.config import ServiceConfig
 from gateway.broker import BrokerSettings
+from gateway.dashboard.config import DashboardConfig
 
-__all__ = ["EmbeddedBroker", "GatewayConfig", "HttpSettings", "load_gateway_config"]
+__all__ = [
+    "EmbeddedBroker",
+    "GatewayConfig",
+    "HttpSettings",
+    "default_connectors",
+    "load_gateway_config",
+]
 
 
 class EmbeddedBroker(BrokerSettings):
@@ -29,13 +47,43 @@ class HttpSettings(BaseModel):
     )
 
 
+def default_connectors(bootstrap_servers: str = "127.0.0.1:9092") -> tuple[ConnectorConfig, ...]:
+    """Telemetry (with the command path back to the devices) and device status."""
+    return (
+        ConnectorConfig(
+            name="telemetry",
+            kafka=KafkaTarget(bootstrap_servers=bootstrap_servers),
+            commands=CommandsConfig(),
+            spool=SpoolConfig(path=Path("spool/telemetry")),
+        ),
+        ConnectorConfig(
+            name="device-status",
+            mqtt=MqttSource(
+                client_id="trackside-bridge-status",
+                topics=("trackside/v1/+/+/status",),
+                topic_pattern="trackside/v1/{train_id}/{device_id}/status",
+            ),
+            kafka=KafkaTarget(
+                bootstrap_servers=bootstrap_servers,
+                topic="trackside.device-status",
+                key="{train_id}/{device_id}",
+            ),
+            transforms=(TransformConfig(type="headers"),),
+            converter="raw",
+            spool=SpoolConfig(path=Path("spool/device-status")),
+        ),
+    )
+
+
 class GatewayConfig(BaseModel):
     """`gateway.yaml`: what `trackside gateway run` starts."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     broker: EmbeddedBroker = EmbeddedBroker()
-    connectors: tuple[ConnectorConfig, ...] = (ConnectorConfig(),)
+    connectors: tuple[ConnectorConfig, ...] = default_connectors()
     http: HttpSettings = HttpSettings()
+    alerts: ServiceConfig | None = Field(None, description="Run the alert service here too.")
+    dashboard: DashboardConfig | None = Field(None, description="Serve the dashboard here too.")
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:

@@ -1,57 +1,132 @@
-"""`trackside demo`: the whole system on this machine, started with one command."""
+"""`trackside demo`: the whole system on this machine, started with one command.
+
+Kafka (started here), the gateway with its embedded broker, both connectors, the alert service
+(with the `disable` policy on) and the dashboard, and a simulated fleet of 20 trains of which
+two develop faults. Ctrl-C stops everything in order.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
+import shutil
 import signal
+import socket
 from pathlib import Path
 
-from amqtt.broker import Broker
+import yaml
+from pydantic import SecretStr
 from rich.console import Console
 
-from gateway.broker import BrokerSettings, broker_config
+from bridge.config import SpoolConfig
+from gateway import GatewayError
+from gateway.alerts.config import DEFAULT_RULES, KafkaSettings, ServiceConfig
+from gateway.config import EmbeddedBroker, GatewayConfig, HttpSettings, default_connectors
+from gateway.dashboard.config import DashboardConfig
 from gateway.localkafka import LocalKafka, cache_dir, free_port, resolve_jars, stop_pid
+from gateway.runtime import run_gateway
+from gateway.simulate import BrokerAddress, FastFleet, FaultAssignment
+from gateway.simulate.fleet import fleet_spec
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_FAULTS", "demo_config", "run_demo"]
+
+# Two of the twenty trains develop faults: a bearing of T104 overheats suddenly half a minute
+# in (alerts, flag and `disable` within seconds); T113 loses coolant, so its engine creeps past
+# the limit after about six minutes. Real time: the rate rules judge rises per wall-clock minute.
+DEMO_FAULTS = ("T104:bearing_overheat_sudden@30", "T113:coolant_loss@0")
 
 
-async def _wait_for_stop() -> None:
+def demo_config(
+    home: Path, bootstrap_servers: str, mqtt_port: int, dashboard_port: int, token: str
+) -> GatewayConfig:
+    """The gateway of the demo: everything on, the disable policy on, state under `home`."""
+    rules = yaml.safe_load(DEFAULT_RULES.read_text())
+    rules["policy"]["disable_train"] = True
+    rules_file = home / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules, sort_keys=False))
+    connectors = tuple(
+        c.model_copy(update={"spool": SpoolConfig(path=home / "spool" / c.name)})
+        for c in default_connectors(bootstrap_servers)
+    )
+    return GatewayConfig(
+        broker=EmbeddedBroker(port=mqtt_port),
+        connectors=connectors,
+        http=HttpSettings(port=free_port()),
+        alerts=ServiceConfig(
+            kafka=KafkaSettings(bootstrap_servers=bootstrap_servers), rules_file=rules_file
+        ),
+        dashboard=DashboardConfig(
+            bootstrap_servers=bootstrap_servers, token=SecretStr(token), port=dashboard_port
+        ),
+    )
+
+
+def _check_free(port: int, option: str) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise GatewayError(
+                f"port {port} is in use ({exc.strerror}): is another demo or broker running? "
+                f"Stop it or pass {option} with a free port"
+            ) from exc
+
+
+async def _demo(console: Console, home: Path, mqtt_port: int, dashboard_port: int) -> None:
+    _check_free(mqtt_port, "--mqtt-port")
+    _check_free(dashboard_port, "--dashboard-port")
+    with console.status("Resolving Apache Kafka (first run only)..."):
+        await asyncio.to_thread(resolve_jars)
+    shutil.rmtree(home, ignore_errors=True)  # every demo starts from an empty cluster
+    home.mkdir(parents=True)
+    kafka = LocalKafka.on_free_ports(home / "kafka")
+    with console.status(f"Starting Kafka on {kafka.bootstrap_servers}..."):
+        # Its own session: a Ctrl-C in the terminal must not stop Kafka before the gateway
+        # has drained into it; the demo stops Kafka last.
+        proc = await asyncio.to_thread(kafka.start, 120.0, True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-async def _demo(console: Console, home: Path, mqtt_port: int) -> None:
-    with console.status("Resolving Apache Kafka (first run only)..."):
-        await asyncio.to_thread(resolve_jars)
-    kafka = LocalKafka.on_free_ports(home / "kafka")
-    with console.status(f"Starting Kafka on {kafka.bootstrap_servers}..."):
-        proc = await asyncio.to_thread(kafka.start)
+    token = secrets.token_urlsafe(12)
+    config = demo_config(home, kafka.bootstrap_servers, mqtt_port, dashboard_port, token)
     try:
-        broker = Broker(broker_config(BrokerSettings(port=mqtt_port)))
-        with console.status(f"Starting the embedded MQTT broker on 127.0.0.1:{mqtt_port}..."):
-            await broker.start()
-        try:
-            console.print(f"[green]Kafka[/]        {kafka.bootstrap_servers}")
-            console.print(f"[green]MQTT broker[/]  127.0.0.1:{mqtt_port}")
-            console.print(
-                "[yellow]Not in the demo yet:[/] the bridge, the alert service, the dashboard "
-                "and the simulated fleet (open issues). Ctrl-C stops everything."
+        with console.status("Starting the gateway..."):
+            ready = asyncio.Event()
+
+            def on_ready(line: str) -> None:
+                console.print(f"[green]ready[/] {line}")
+                if line.startswith("HTTP control"):
+                    ready.set()
+
+            gateway = asyncio.create_task(run_gateway(config, on_ready, stop))
+            await asyncio.wait(
+                [gateway, asyncio.create_task(ready.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            await _wait_for_stop()
-        finally:
-            await broker.shutdown()
+        if gateway.done():
+            await gateway  # raises what stopped it
+            return
+        spec = fleet_spec(trains=20, faults=tuple(FaultAssignment.parse(f) for f in DEMO_FAULTS))
+        async with FastFleet(spec, BrokerAddress(port=mqtt_port)):
+            console.print(
+                f"\n[bold]Dashboard:[/] http://127.0.0.1:{dashboard_port}/  "
+                f"(token for acknowledge and clear: [bold]{token}[/])\n"
+                f"20 simulated trains; faults: {', '.join(DEMO_FAULTS)} (seconds after start). "
+                "Ctrl-C stops everything."
+            )
+            await stop.wait()
+        await gateway
     finally:
+        stop.set()
         with console.status("Stopping Kafka..."):
             await asyncio.to_thread(stop_pid, proc.pid)
             with contextlib.suppress(ChildProcessError):
                 proc.wait(5)
 
 
-def run_demo(console: Console, mqtt_port: int | None = None) -> None:
-    """Start the demo's services, print where they are, and stop them all on Ctrl-C."""
-    asyncio.run(_demo(console, cache_dir() / "demo", mqtt_port or free_port()))
+def run_demo(console: Console, mqtt_port: int, dashboard_port: int) -> None:
+    """Start the demo, print where the dashboard is, and stop it all on Ctrl-C."""
+    asyncio.run(_demo(console, cache_dir() / "demo", mqtt_port, dashboard_port))
     console.print("Demo stopped.")

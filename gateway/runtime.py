@@ -1,16 +1,19 @@
-"""`trackside gateway run`: the embedded broker, the connectors and the HTTP control plane.
+"""`trackside gateway run`: broker, connectors, alert service, dashboard and HTTP control.
 
-Start order: broker, then connectors (they connect to it), then HTTP. SIGTERM or SIGINT stops
-them in the reverse order; each connector drains first, so every reading the broker handed
-over is either in Kafka or in the spool before the process exits.
+Start order: broker, then connectors (they connect to it), the alert service, the dashboard,
+then HTTP control. A stop (SIGTERM, SIGINT or the `stop` event) stops them in the reverse
+order; each connector drains first, so every reading the broker handed over is either in Kafka
+or in the spool before the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from amqtt.broker import Broker
@@ -18,8 +21,13 @@ from pydantic import SecretStr
 
 from bridge.config import ConnectorConfig
 from bridge.connector import Connector
+from gateway import GatewayError
+from gateway.alerts.config import ServiceConfig
+from gateway.alerts.rules import load_rules
+from gateway.alerts.service import AlertService
 from gateway.broker import broker_config
 from gateway.config import GatewayConfig
+from gateway.dashboard.server import create_app
 from gateway.http_api import make_app
 from gateway.registry import Registry
 
@@ -31,8 +39,9 @@ GATEWAY_ACCOUNT = "trackside-gateway"
 
 
 def _for_embedded_broker(config: GatewayConfig) -> tuple[ConnectorConfig, ...]:
-    """Connectors of the embedded broker speak MQTT 3.1.1 (amqtt's version) unless told
-    otherwise, and those without a username get fresh credentials of the gateway's account."""
+    """Connectors of the embedded broker use its port and MQTT 3.1.1 (amqtt's version) unless
+    told otherwise, and those without a username get fresh credentials of the gateway's own
+    account."""
     if not config.broker.enabled:
         return config.connectors
     password = None
@@ -43,6 +52,8 @@ def _for_embedded_broker(config: GatewayConfig) -> tuple[ConnectorConfig, ...]:
         mqtt: dict[str, object] = {}
         if "protocol" not in connector.mqtt.model_fields_set:
             mqtt["protocol"] = "3.1.1"
+        if "port" not in connector.mqtt.model_fields_set:
+            mqtt["port"] = config.broker.port
         if password is not None and connector.mqtt.username is None:
             mqtt.update(username=GATEWAY_ACCOUNT, password=SecretStr(password))
         connectors.append(
@@ -52,36 +63,83 @@ def _for_embedded_broker(config: GatewayConfig) -> tuple[ConnectorConfig, ...]:
 
 
 async def run_gateway(
-    config: GatewayConfig, on_ready: Callable[[str], None] = lambda _: None
+    config: GatewayConfig,
+    on_ready: Callable[[str], None] = lambda _: None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Run everything in `config` until SIGTERM/SIGINT; `on_ready` gets one line per service."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    """Run everything in `config` until `stop` is set (default: SIGTERM/SIGINT).
 
-    broker = None
-    if config.broker.enabled:
-        broker = Broker(broker_config(config.broker))
-        await broker.start()
-        on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
-    connectors = {c.name: Connector(c) for c in _for_embedded_broker(config)}
-    runner: web.AppRunner | None = None
-    try:
-        for connector in connectors.values():
+    `on_ready` gets one line per service as it comes up.
+    """
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    connectors: dict[str, Connector] = {}
+    failures: list[str] = []
+    async with contextlib.AsyncExitStack() as services:
+        if config.broker.enabled:
+            broker = Broker(broker_config(config.broker))
+            await broker.start()
+            services.push_async_callback(broker.shutdown)
+            on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
+        for connector_config in _for_embedded_broker(config):
+            connector = Connector(connector_config)
             await asyncio.to_thread(connector.start)
+            services.push_async_callback(asyncio.to_thread, connector.stop)
+            connectors[connector.name] = connector
             on_ready(f"connector {connector.name!r} running")
+        if config.alerts is not None:
+            await services.enter_async_context(_alert_service(config.alerts, stop, failures))
+            on_ready("alert service running")
+        if config.dashboard is not None:
+            dashboard = config.dashboard
+            await services.enter_async_context(
+                _site(create_app(dashboard), dashboard.host, dashboard.port)
+            )
+            on_ready(f"dashboard on http://{dashboard.host}:{dashboard.port}/")
         if config.http.port:
-            runner = web.AppRunner(make_app(connectors, config.http), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, config.http.host, config.http.port).start()
+            app = make_app(connectors, config.http)
+            await services.enter_async_context(_site(app, config.http.host, config.http.port))
             on_ready(f"HTTP control on http://{config.http.host}:{config.http.port}/status")
         await stop.wait()
+    if failures:
+        raise GatewayError("; ".join(failures))
+
+
+@contextlib.asynccontextmanager
+async def _site(app: web.Application, host: str, port: int) -> AsyncIterator[None]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield
     finally:
-        if runner is not None:
-            await runner.cleanup()
-        for connector in connectors.values():
-            await asyncio.to_thread(connector.stop)
-            log.info("connector %s stopped", connector.name)
-        if broker is not None:
-            await broker.shutdown()
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _alert_service(
+    config: ServiceConfig, gateway_stop: asyncio.Event, failures: list[str]
+) -> AsyncIterator[None]:
+    """The alert service in a thread; if it fails, the whole gateway stops and says why."""
+    service = AlertService(config, load_rules(config.rules_file))
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        try:
+            service.run(stop)
+        except Exception as exc:  # noqa: BLE001 - reported, then the gateway stops
+            log.error("the alert service failed: %s", exc)
+            failures.append(f"alert service failed: {exc}")
+            loop.call_soon_threadsafe(gateway_stop.set)
+
+    thread = threading.Thread(target=run, name="alerts", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 30)

@@ -2,6 +2,7 @@
 
 import typer
 
+from bridge import BridgeError
 from gateway import GatewayError
 from gateway.cli import (
     alerts,
@@ -42,9 +43,9 @@ devicetools.register(app)
 
 
 def main() -> None:
-    """Run the CLI; a GatewayError becomes one red line and exit status 1."""
+    """Run the CLI; a GatewayError or BridgeError becomes one red line and exit status 1."""
     try:
         app()
-    except GatewayError as exc:
+    except (GatewayError, BridgeError) as exc:
         console_err.print(f"[bold red]error:[/] {exc}")
         raise SystemExit(1) from exc

@@ -16,6 +16,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         mqtt_port: int = typer.Option(1883, help="Port of the embedded MQTT broker."),
+        dashboard_port: int = typer.Option(8080, help="Port of the dashboard."),
     ) -> None:
-        """Run Kafka, the gateway and a simulated fleet here; Ctrl-C stops everything."""
-        run_demo(console, mqtt_port)
+        """Run Kafka, the gateway (broker, bridge, alerts, dashboard) and 20 simulated
+        trains here; Ctrl-C stops everything."""
+        run_demo(console, mqtt_port, dashboard_port)
