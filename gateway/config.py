@@ -107,6 +107,13 @@ def load_gateway_config(path: Path) -> GatewayConfig:
                 "key_file": path.parent / broker.tls.key_file,
             }
         )
+    alerts = config.alerts
+    if alerts is not None and not alerts.rules_file.is_absolute():
+        alerts = alerts.model_copy(update={"rules_file": path.parent / alerts.rules_file})
     return config.model_copy(
-        update={"connectors": connectors, "broker": broker.model_copy(update=updates)}
+        update={
+            "connectors": connectors,
+            "broker": broker.model_copy(update=updates),
+            "alerts": alerts,
+        }
     )

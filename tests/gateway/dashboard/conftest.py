@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 import urllib.error
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
-from playwright.sync_api import Browser, Page, sync_playwright
 
 from gateway.dashboard.config import Topics
 from gateway.localkafka import free_port
@@ -103,28 +101,3 @@ def dashboard(kafka: KafkaService, tmp_path: Path) -> Iterator[Dashboard]:
     yield handle
     service.stop(timeout=30)
     assert "Traceback" not in service.tail(200), service.tail(200)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium (the package's binary; no browser is downloaded).
-
-    Module scope: Playwright's sync API keeps an event loop running in this thread while it
-    is open, and asyncio tests of other modules need it closed.
-    """
-    executable = shutil.which("chromium")
-    if executable is None:
-        raise ServiceError("Chromium is missing: apt-get install chromium")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser context (empty localStorage) at desk size."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(30_000)
-    yield context.new_page()
-    context.close()
