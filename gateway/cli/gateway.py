@@ -12,6 +12,7 @@ from gateway.certs import make_certificates
 from gateway.cli.console import console
 from gateway.config import load_gateway_config
 from gateway.runtime import run_gateway
+from gateway.systemd import unit_text
 
 __all__ = ["app"]
 
@@ -50,3 +51,17 @@ def certs(
     """Make a private CA and a server certificate for the broker's TLS listener."""
     ca_file, cert_file, key_file = make_certificates(out, host)
     console.print(f"CA for the devices: {ca_file}\nbroker: {cert_file} + {key_file}")
+
+
+@app.command()
+def unit(
+    config: Path = typer.Option(
+        Path("/etc/trackside/gateway.yaml"), "--config", "-c", help="Gateway file for the unit."
+    ),
+    user: str = typer.Option("trackside", help="System user the gateway runs as."),
+    state_dir: Path = typer.Option(
+        Path("/var/lib/trackside"), help="Working folder: spool, device registry."
+    ),
+) -> None:
+    """Print a systemd unit for this installation (see docs/raspberry-pi.md)."""
+    print(unit_text(config, user, state_dir), end="")

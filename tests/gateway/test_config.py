@@ -1,0 +1,57 @@
+"""The gateway file: the documented example is valid; mistakes name the file and the key."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bridge.config import ConfigError
+from gateway.config import load_gateway_config
+from gateway.systemd import unit_text
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "gateway.yaml"
+
+
+def test_documented_example_is_valid() -> None:
+    config = load_gateway_config(EXAMPLE)
+    assert [c.name for c in config.connectors] == ["telemetry", "device-status"]
+    assert config.broker.registry == EXAMPLE.parent / "devices.yaml"
+    assert config.connectors[0].spool.path == EXAMPLE.parent / "spool" / "telemetry"
+    assert config.broker.tls is not None
+    assert config.broker.tls.cert_file == EXAMPLE.parent / "tls" / "server.pem"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("broker:\n  port: 99999\n", r"gateway.yaml: broker.port: Input should be less"),
+        ("connectors:\n  - name: a\n    converter: xml\n", r"connectors.0.converter: unknown"),
+        ("connectors:\n  - name: a\n  - name: a\n", r"connectors: names must be unique"),
+        ("htpp:\n  port: 1\n", r"htpp: Extra inputs are not permitted"),
+        ("- just\n- a list\n", r"top level must be a mapping"),
+    ],
+)
+def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_gateway_config(path)
+
+
+def test_systemd_unit_is_valid(tmp_path: Path) -> None:
+    unit = tmp_path / "trackside-gateway.service"
+    unit.write_text(unit_text(tmp_path / "gateway.yaml", "root", tmp_path))
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (Debian's systemd) is needed to check the unit"
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    problems = [
+        line
+        for line in result.stderr.splitlines()
+        if str(unit) in line or "Unknown" in line or "bad" in line.lower()
+    ]
+    assert not problems, result.stderr
