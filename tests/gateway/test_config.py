@@ -15,6 +15,12 @@ from gateway.systemd import unit_text
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "gateway.yaml"
 
 
+def test_local_example_is_valid() -> None:
+    config = load_gateway_config(EXAMPLE.with_name("local.yaml"))
+    assert config.alerts is not None
+    assert config.dashboard is not None
+
+
 def test_documented_example_is_valid() -> None:
     config = load_gateway_config(EXAMPLE)
     assert [c.name for c in config.connectors] == ["telemetry", "device-status"]
