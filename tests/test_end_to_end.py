@@ -19,9 +19,10 @@ import yaml
 from confluent_kafka import Consumer
 from playwright.sync_api import Page, expect
 
-from gateway.alerts.config import DEFAULT_RULES, Topics
+from gateway.alerts.config import DEFAULT_RULES
 from gateway.localkafka import free_port
 from gateway.registry import Registry
+from gateway.topics import Topics
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.micropython import UnixDevice
 from tests.fixtures.mqtt import BrokerHandle
@@ -93,7 +94,7 @@ def gateway(kafka: KafkaService, tmp_path: Path) -> Iterator[Gateway]:
             "bootstrap_servers": bootstrap,
             "token": TOKEN,
             "port": dashboard_port,
-            "topics": {k: v for k, v in prefixed.items() if k not in ("alert_state", "commands")},
+            "topics": prefixed,
         },
         "http": {"port": http_port},
     }

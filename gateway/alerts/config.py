@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.alerts.rules import load_model
+from gateway.topics import Topics
 
 __all__ = ["DEFAULT_RULES", "KafkaSettings", "ServiceConfig", "Topics", "load_service_config"]
 
@@ -15,28 +16,6 @@ DEFAULT_RULES = Path(__file__).resolve().parent / "default_rules.yaml"
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Topics(_Frozen):
-    """Every topic the service reads or writes (docs/architecture.md)."""
-
-    telemetry: str = "trackside.telemetry"
-    device_status: str = "trackside.device-status"
-    operator_actions: str = "trackside.operator-actions"
-    alerts: str = "trackside.alerts"
-    alert_state: str = "trackside.alert-state"
-    maintenance: str = "trackside.maintenance"
-    commands: str = "trackside.commands"
-
-    @classmethod
-    def with_prefix(cls, prefix: str) -> Topics:
-        """The default names with `trackside` replaced by `prefix` (`test-1.telemetry`, ...)."""
-        return cls(
-            **{
-                name: value.replace("trackside.", f"{prefix}.", 1)
-                for name, value in cls().model_dump().items()
-            }
-        )
 
 
 class KafkaSettings(_Frozen):

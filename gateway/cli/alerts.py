@@ -10,10 +10,11 @@ from typing import Any
 
 import typer
 
-from gateway.alerts.config import ServiceConfig, Topics, load_service_config
+from gateway.alerts.config import ServiceConfig, load_service_config
 from gateway.alerts.rules import StaleRule, load_rules
 from gateway.alerts.service import AlertService
 from gateway.cli.console import console
+from gateway.topics import Topics
 
 __all__ = ["app"]
 

@@ -12,8 +12,9 @@ import typer
 
 from gateway.cli.console import console
 from gateway.dashboard import DashboardError
-from gateway.dashboard.config import DashboardConfig, Topics
+from gateway.dashboard.config import DashboardConfig
 from gateway.dashboard.server import serve
+from gateway.topics import Topics
 
 __all__ = ["TOKEN_ENV", "register"]
 

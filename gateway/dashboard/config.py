@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-__all__ = ["DashboardConfig", "Topics"]
+from gateway.topics import Topics
 
-
-class Topics(BaseModel):
-    """Kafka topic names; the defaults are those of docs/architecture.md."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    telemetry: str = "trackside.telemetry"
-    device_status: str = "trackside.device-status"
-    alerts: str = "trackside.alerts"
-    maintenance: str = "trackside.maintenance"
-    operator_actions: str = "trackside.operator-actions"
+__all__ = ["DashboardConfig"]
 
 
 class DashboardConfig(BaseModel):

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.alerts.config import DEFAULT_RULES, Topics, load_service_config
+from gateway.alerts.config import DEFAULT_RULES, load_service_config
 from gateway.alerts.rules import PairRule, RuleError, StaleRule, ThresholdRule, load_rules
 from gateway.cli import app
+from gateway.topics import Topics
 
 
 def test_the_default_rules_load_and_carry_the_hot_box_levels() -> None:

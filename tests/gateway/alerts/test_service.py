@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from gateway.alerts.config import KafkaSettings, ServiceConfig, Topics
+from gateway.alerts.config import KafkaSettings, ServiceConfig
 from gateway.alerts.rules import RuleSet
 from gateway.alerts.service import AlertService
+from gateway.topics import Topics
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.processes import active_logs
 

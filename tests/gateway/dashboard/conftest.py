@@ -17,8 +17,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from gateway.dashboard.config import Topics
 from gateway.localkafka import free_port
+from gateway.topics import Topics
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.processes import LOG_ROOT, ServiceError, ServiceProcess
 
@@ -82,8 +82,8 @@ def dashboard(kafka: KafkaService, tmp_path: Path) -> Iterator[Dashboard]:
     port = free_port()
     argv = [sys.executable, "-m", "gateway", "dashboard", "--port", str(port)]
     argv += ["--bootstrap-servers", kafka.bootstrap_servers, "--token-file", str(token_file)]
-    for name, topic in topics.model_dump().items():
-        argv += [f"--{name.replace('_', '-')}-topic", topic]
+    for name in ("telemetry", "device_status", "alerts", "maintenance", "operator_actions"):
+        argv += [f"--{name.replace('_', '-')}-topic", getattr(topics, name)]
     log_file = LOG_ROOT / f"dashboard-{suffix}.log"
     service = ServiceProcess("dashboard", argv, "127.0.0.1", port, log_file)
     service.start(timeout=60)
