@@ -25,6 +25,7 @@ __all__ = [
     "checked",
     "load_config",
     "load_yaml_model",
+    "read_yaml_mapping",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -123,16 +124,24 @@ class ConnectorConfig(_Frozen):
     commands: CommandsConfig | None = None
 
 
-def load_yaml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
-    """Read a YAML file into a frozen model; any problem names the file and the key."""
+def read_yaml_mapping(
+    path: Path, error: type[Exception] = ConfigError, what: str = "file"
+) -> dict[str, Any]:
+    """The YAML mapping in `path`; anything else raises `error` naming the file."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the file: {exc.strerror}") from exc
+        raise error(f"{path}: cannot read the {what}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise error(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        raise error(f"{path}: the top level must be a mapping of keys to values")
+    return raw
+
+
+def load_yaml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Read a YAML file into a frozen model; any problem names the file and the key."""
+    raw = read_yaml_mapping(path)
     for key, value in (overrides or {}).items():
         raw[key] = {**raw.get(key, {}), **value}
     try:

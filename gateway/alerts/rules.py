@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.config import read_yaml_mapping
 from firmware import wire
 from gateway.alerts import AlertError
 
@@ -208,14 +208,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 def load_model(path: Path, model: type[_M], what: str) -> _M:
     """Read YAML from `path` and validate it as `model`; errors say `file: key: problem`."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise RuleError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise RuleError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RuleError(f"{path}: the top level must be a mapping of keys to values")
+    raw = read_yaml_mapping(path, RuleError, what)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
