@@ -19,6 +19,7 @@ from gateway.simulate.fleet import (
     BrokerAddress,
     FaultAssignment,
     FleetStats,
+    SimulatedFleet,
     fleet_spec,
     load_credentials,
 )
@@ -58,7 +59,7 @@ def _table(stats: FleetStats, firmware: bool) -> Table:
     return table
 
 
-async def _run(fleet: FastFleet | FirmwareFleet, duration_s: float | None) -> FleetStats:
+async def _run(fleet: SimulatedFleet, duration_s: float | None) -> FleetStats:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,7 +127,7 @@ def register(app: typer.Typer) -> None:
             def progress(stats: FleetStats) -> None:
                 live.update(_table(stats, firmware))
 
-            fleet: FastFleet | FirmwareFleet
+            fleet: SimulatedFleet
             folder = None
             if firmware:
                 folder = workdir or Path(tempfile.mkdtemp(prefix="trackside-simulate-"))

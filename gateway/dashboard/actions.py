@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from gateway.dashboard import DashboardError
+from gateway.dashboard.clients import kafka_client
 from gateway.dashboard.config import DashboardConfig
 
 __all__ = ["ActionError", "ActionProducer", "ack_action", "clear_action"]
@@ -41,20 +42,8 @@ class ActionProducer:
 
     def __init__(self, config: DashboardConfig) -> None:
         self.topic = config.topics.operator_actions
-        settings: dict[str, Any] = {
-            "bootstrap.servers": config.bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            "message.timeout.ms": 10_000,
-            # Errors reach us through error_cb or the delivery report; librdkafka's own log
-            # would repeat each failed connection attempt many times a second.
-            "log_level": 0,
-        }
-        settings.update(config.kafka_settings)
-        try:
-            self._producer = Producer(settings)
-        except KafkaException as exc:
-            raise DashboardError(f"Kafka settings refused by librdkafka: {exc}") from exc
+        settings = {"enable.idempotence": True, "acks": "all", "message.timeout.ms": 10_000}
+        self._producer = kafka_client(Producer, config, settings)
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="dashboard-actions", daemon=True)
         self._poller.start()

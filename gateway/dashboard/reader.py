@@ -17,11 +17,10 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
     TopicPartition,
 )
 
-from gateway.dashboard import DashboardError
+from gateway.dashboard.clients import kafka_client
 from gateway.dashboard.config import DashboardConfig
 from gateway.dashboard.fleet import Fleet, RecordKind
 
@@ -44,7 +43,6 @@ class FleetReader:
             topics.maintenance: "maintenance",
         }
         settings: dict[str, Any] = {
-            "bootstrap.servers": config.bootstrap_servers,
             "group.id": f"trackside-dashboard-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -52,15 +50,8 @@ class FleetReader:
             # Topics created after the start (a fresh cluster) are picked up within seconds.
             "topic.metadata.refresh.interval.ms": 5000,
             "error_cb": self._on_error,
-            # Errors reach us through error_cb or the delivery report; librdkafka's own log
-            # would repeat each failed connection attempt many times a second.
-            "log_level": 0,
         }
-        settings.update(config.kafka_settings)
-        try:
-            self._consumer = Consumer(settings)
-        except KafkaException as exc:
-            raise DashboardError(f"Kafka settings refused by librdkafka: {exc}") from exc
+        self._consumer = kafka_client(Consumer, config, settings)
         self.last_error: str | None = None
         self._last_code: int | None = None
         self.assigned = False

@@ -31,13 +31,19 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from types import TracebackType
 
 from pydantic import SecretStr
 
 from gateway.simulate.connection import Connection
 from gateway.simulate.device import SimDevice
-from gateway.simulate.fleet import BrokerAddress, FleetSpec, FleetStats, SimulateError
+from gateway.simulate.fleet import (
+    BrokerAddress,
+    FleetSpec,
+    FleetStats,
+    SimulatedFleet,
+    SimulateError,
+    device_password,
+)
 
 __all__ = ["OFFLINE", "FastFleet", "Progress", "run_fleet"]
 
@@ -50,7 +56,7 @@ CONNECT_CONCURRENCY = 32
 DRAIN_TIMEOUT_S = 30.0
 
 
-class FastFleet:
+class FastFleet(SimulatedFleet):
     """A simulated fleet in this process; `start()`/`stop()` or `async with`."""
 
     def __init__(
@@ -90,18 +96,6 @@ class FastFleet:
         self._last = (0.0, 0)  # (time, published) at the last progress report
         self.stats = FleetStats(devices=len(self.devices))
 
-    async def __aenter__(self) -> FastFleet:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         """Connect every connection, publish the statuses, subscribe to commands, start."""
         self._build_connections()
@@ -126,18 +120,6 @@ class FastFleet:
             asyncio.create_task(self._storms(), name="simulate-storms"),
             asyncio.create_task(self._report(), name="simulate-progress"),
         ]
-
-    async def run(self, duration_s: float | None = None) -> FleetStats:
-        """Start, run for `duration_s` (or until cancelled), stop; the final counters."""
-        await self.start()
-        try:
-            if duration_s is None:
-                await asyncio.Event().wait()
-            else:
-                await asyncio.sleep(duration_s)
-        finally:
-            await self.stop()
-        return self.stats
 
     async def stop(self) -> None:
         """Stop producing, say offline, wait for outstanding PUBACKs, disconnect."""
@@ -183,7 +165,7 @@ class FastFleet:
                 will = (device.status_topic, OFFLINE)
                 if self._credentials is not None:
                     user = f"device-{device.device_id}"
-                    password = _password(self._credentials, device.device_id)
+                    password = device_password(self._credentials, device.device_id)
             connection = Connection(
                 f"sim-{token}-{group[0].device_id if self._per_device else i}",
                 user,
@@ -290,16 +272,6 @@ class FastFleet:
     async def _close_connections(self) -> None:
         connections, self._connections = self._connections, []
         await _bounded((c.close() for c in connections), CONNECT_CONCURRENCY)
-
-
-def _password(credentials: dict[int, SecretStr], device_id: int) -> SecretStr:
-    password = credentials.get(device_id)
-    if password is None:
-        raise SimulateError(
-            f"no password for device {device_id} in the credentials file; "
-            "add it or leave out --credentials"
-        )
-    return password
 
 
 async def _bounded(jobs: Iterable[Awaitable[None]], limit: int) -> None:

@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
 from pydantic import SecretStr
 
@@ -31,7 +30,15 @@ from gateway.devicetools.virtual_board import find_micropython
 from gateway.firmware_bundle import bundle
 from gateway.simulate.connection import Connection
 from gateway.simulate.fast import Progress
-from gateway.simulate.fleet import BrokerAddress, DeviceSpec, FleetSpec, FleetStats, SimulateError
+from gateway.simulate.fleet import (
+    BrokerAddress,
+    DeviceSpec,
+    FleetSpec,
+    FleetStats,
+    SimulatedFleet,
+    SimulateError,
+    device_password,
+)
 from gateway.simulate.scenarios import MODEL_FAULTS
 
 __all__ = ["FirmwareFleet", "device_config"]
@@ -80,7 +87,7 @@ def _check(spec: FleetSpec) -> None:
         raise SimulateError("the firmware publishes under trackside/ only")
 
 
-class FirmwareFleet:
+class FirmwareFleet(SimulatedFleet):
     """One `micropython` process per device of the spec; `start()`/`stop()` or `async with`."""
 
     def __init__(
@@ -108,18 +115,6 @@ class FirmwareFleet:
         self._task: asyncio.Task[None] | None = None
         self._t0 = 0.0
         self.stats = FleetStats(devices=len(self._devices))
-
-    async def __aenter__(self) -> FirmwareFleet:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Subscribe the monitor, lay out the boards and boot every device."""
@@ -153,18 +148,6 @@ class FirmwareFleet:
         self._t0 = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._report(), name="simulate-firmware-progress")
 
-    async def run(self, duration_s: float | None = None) -> FleetStats:
-        """Start, run for `duration_s` (or until cancelled), stop; the final counters."""
-        await self.start()
-        try:
-            if duration_s is None:
-                await asyncio.Event().wait()
-            else:
-                await asyncio.sleep(duration_s)
-        finally:
-            await self.stop()
-        return self.stats
-
     async def stop(self) -> None:
         """Power every device off (SIGTERM, as a supervisor stops it) and close the monitor."""
         if self._task is not None:
@@ -197,11 +180,7 @@ class FirmwareFleet:
             board.mkdir(parents=True, exist_ok=True)
             password = None
             if self._credentials is not None:
-                password = self._credentials.get(device.device_id)
-                if password is None:
-                    raise SimulateError(
-                        f"no password for device {device.device_id} in the credentials file"
-                    )
+                password = device_password(self._credentials, device.device_id)
             config = device_config(device, self.spec, self.broker, password)
             (board / "trackside.json").write_text(json.dumps(config, indent=1))
 

@@ -2,16 +2,20 @@
 
 Everything the simulator does follows from a `FleetSpec`, so one spec and one seed give the
 same fleet (device ids, models, fault times) in both modes. Device ids are
-`train number * 100 + device index + 1`: T101's first device is 10101.
+`train number * 100 + device index + 1`: T101's first device is 10101. `SimulatedFleet` is
+what the two modes share: start, stop, `async with`, `run()` and live `FleetStats`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -25,6 +29,8 @@ __all__ = [
     "FleetSpec",
     "FleetStats",
     "SimulateError",
+    "SimulatedFleet",
+    "device_password",
     "fleet_spec",
     "load_credentials",
 ]
@@ -196,6 +202,44 @@ class FleetStats:
         return self.published / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+class SimulatedFleet(ABC):
+    """What both modes offer: `start()`/`stop()` or `async with`, `run()`, live `stats`."""
+
+    stats: FleetStats
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and start every device."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop every device; `stats` then holds the final counters."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def run(self, duration_s: float | None = None) -> FleetStats:
+        """Start, run for `duration_s` (or until cancelled), stop; the final counters."""
+        await self.start()
+        try:
+            if duration_s is None:
+                await asyncio.Event().wait()
+            else:
+                await asyncio.sleep(duration_s)
+        finally:
+            await self.stop()
+        return self.stats
+
+
 def load_credentials(path: Path) -> dict[int, SecretStr]:
     """Per-device passwords from a JSON file `{"<device id>": "<password>", ...}`.
 
@@ -209,3 +253,14 @@ def load_credentials(path: Path) -> dict[int, SecretStr]:
             f"{path}: cannot read the credentials: {exc}; "
             'write JSON like {"10101": "password", ...}'
         ) from exc
+
+
+def device_password(credentials: dict[int, SecretStr], device_id: int) -> SecretStr:
+    """The password of `device_id` in the credentials; SimulateError when it has none."""
+    password = credentials.get(device_id)
+    if password is None:
+        raise SimulateError(
+            f"no password for device {device_id} in the credentials file; "
+            "add it or leave out --credentials"
+        )
+    return password

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -37,14 +38,20 @@ def _prefix(unique_topic: str) -> str:
     return unique_topic.replace(".", "-")
 
 
+def _started_connector(
+    tmp: Path, broker: BrokerHandle, bootstrap: str, name: str, **sections: Any
+) -> Connector:
+    """A connector from `connector_file(...)`, started in this process."""
+    connector = Connector(load_config(connector_file(tmp, broker, bootstrap, name, **sections)))
+    connector.start()
+    return connector
+
+
 def test_readings_arrive_decoded_keyed_by_train_in_device_order(
     mqtt_broker: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
 ) -> None:
     name = _prefix(unique_topic)
-    connector = Connector(
-        load_config(connector_file(tmp_path, mqtt_broker, kafka.bootstrap_servers, name))
-    )
-    connector.start()
+    connector = _started_connector(tmp_path, mqtt_broker, kafka.bootstrap_servers, name)
     try:
         publish_readings(mqtt_broker, name, DEVICES, count=50)
         records = read_topic(kafka.bootstrap_servers, f"{name}.telemetry", 50 * len(DEVICES))
@@ -66,10 +73,7 @@ def test_garbage_goes_to_the_dead_letter_topic_and_the_bridge_keeps_running(
     mqtt_broker: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
 ) -> None:
     name = _prefix(unique_topic)
-    connector = Connector(
-        load_config(connector_file(tmp_path, mqtt_broker, kafka.bootstrap_servers, name))
-    )
-    connector.start()
+    connector = _started_connector(tmp_path, mqtt_broker, kafka.bootstrap_servers, name)
     good = wire.encode(7, 1, 0, 1, {"engine_temp": 1})
     bad = {
         "random bytes": os.urandom(40),
@@ -146,10 +150,7 @@ def test_kafka_down_for_30_s_under_load_loses_nothing(
 ) -> None:
     private: LocalKafkaHandle = kafka_factory()  # type: ignore[operator]
     name = _prefix(unique_topic)
-    connector = Connector(
-        load_config(connector_file(tmp_path, mosquitto, private.bootstrap_servers, name))
-    )
-    connector.start()
+    connector = _started_connector(tmp_path, mosquitto, private.bootstrap_servers, name)
     per_device = 1000  # 20 devices at 400 readings/s: about 50 s of traffic
     publisher = Background(publish_readings, mosquitto, name, DEVICES, per_device, 400.0)
     publisher.start()
@@ -196,18 +197,16 @@ def test_two_bridges_share_the_load_on_mosquitto_and_lose_nothing(
     mosquitto: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
 ) -> None:
     name = _prefix(unique_topic)
-    connectors = []
-    for instance in ("a", "b"):
-        path = connector_file(
+    connectors = [
+        _started_connector(
             tmp_path / instance,
             mosquitto,
             kafka.bootstrap_servers,
             name,
             mqtt={"shared_group": "bridges", "client_id": f"{name}-{instance}"},
         )
-        connectors.append(Connector(load_config(path)))
-    for connector in connectors:
-        connector.start()
+        for instance in ("a", "b")
+    ]
     try:
         publish_readings(mosquitto, name, DEVICES, count=100)
         records = read_topic(kafka.bootstrap_servers, f"{name}.telemetry", 100 * len(DEVICES))
@@ -226,21 +225,19 @@ def test_commands_flow_from_kafka_to_the_train_over_mqtt(
     mqtt_broker: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
 ) -> None:
     name = _prefix(unique_topic)
-    config = connector_file(
-        tmp_path,
-        mqtt_broker,
-        kafka.bootstrap_servers,
-        name,
-        commands={"topic": f"{name}.commands", "group_id": f"{name}-cmd"},
-    )
     received: list[tuple[str, dict[str, str]]] = []
     listener = mqtt.Client(CallbackAPIVersion.VERSION2)
     listener.on_message = lambda _c, _u, m: received.append((m.topic, json.loads(m.payload)))
     listener.connect(mqtt_broker.host, mqtt_broker.port)
     listener.subscribe("trackside/v1/T9/#", qos=1)
     listener.loop_start()
-    connector = Connector(load_config(config))
-    connector.start()
+    connector = _started_connector(
+        tmp_path,
+        mqtt_broker,
+        kafka.bootstrap_servers,
+        name,
+        commands={"topic": f"{name}.commands", "group_id": f"{name}-cmd"},
+    )
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
     producer.produce(f"{name}.commands", key=b"T9", value=b"not json")
     producer.produce(

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tty
-from collections.abc import Iterator
-
 import pytest
 import serial
 from serial.tools import list_ports
@@ -52,15 +48,6 @@ def test_list_shows_usb_ports_and_all_with_the_flag(monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(app, ["boards"])
     assert result.exit_code == 0, result.output
     assert "/dev/ttyUSB0" in result.output and "CP210x" in result.output
-
-
-@pytest.fixture
-def pty_port() -> Iterator[str]:
-    host, port = os.openpty()
-    tty.setraw(port)
-    yield os.ttyname(port)
-    os.close(port)
-    os.close(host)
 
 
 def test_check_port(pty_port: str) -> None:

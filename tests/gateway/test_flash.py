@@ -6,10 +6,7 @@ the real esptool is run only against ports where no ESP32 is (and fails as it sh
 
 from __future__ import annotations
 
-import os
 import struct
-import tty
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +21,6 @@ from tests.fixtures.virtual_board import VirtualBoardHandle
 
 RP2040_FAMILY = 0xE48BFF56
 ESP32S2_FAMILY = 0xBFDD4EEE
-
-
-@pytest.fixture
-def pty_port() -> Iterator[str]:
-    """A serial port that exists and is free, with nothing behind it."""
-    host, port = os.openpty()
-    tty.setraw(port)
-    yield os.ttyname(port)
-    os.close(port)
-    os.close(host)
 
 
 @pytest.fixture

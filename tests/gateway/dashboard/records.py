@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
+
+from tests.bridge.streams import read_topic
 
 __all__ = ["NOW", "alert", "flag", "produce", "read_actions", "reading"]
 
@@ -74,21 +74,8 @@ def produce(bootstrap: str, topic: str, records: Sequence[tuple[str, bytes | Non
 
 def read_actions(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
     """The first `expected` operator actions (key, JSON value) on `topic`, from the start."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"actions-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    actions: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while len(actions) < expected and time.monotonic() < deadline:
-        for msg in consumer.consume(10, 0.5):
-            key, value = msg.key(), msg.value()
-            if msg.error() is None and key is not None and value is not None:
-                actions.append((key.decode(), json.loads(value)))
-    consumer.close()
-    return actions
+    return [
+        (msg.key().decode(), json.loads(msg.value()))
+        for msg in read_topic(bootstrap, topic, expected, timeout)
+        if msg.key() is not None and msg.value() is not None
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 from confluent_kafka import Producer
@@ -50,24 +51,23 @@ def _fleet(dashboard: Dashboard, trains: int = 4) -> int:
     return now_ms
 
 
-def _committed_alert(dashboard: Dashboard, event: bytes, key: str = KEY) -> None:
-    """The alert service writes alerts in transactions: do the same."""
+def _alert_in_transaction(dashboard: Dashboard, event: bytes, key: str) -> Producer:
+    """The alert service writes alerts in transactions: do the same, and leave it open."""
     producer = Producer(
-        {"bootstrap.servers": dashboard.bootstrap_servers, "transactional.id": f"t-{time.time()}"}
+        {"bootstrap.servers": dashboard.bootstrap_servers, "transactional.id": f"t-{uuid.uuid4()}"}
     )
     producer.init_transactions(30)
     producer.begin_transaction()
     producer.produce(dashboard.topics.alerts, key=key.encode(), value=event)
-    producer.commit_transaction(30)
+    return producer
+
+
+def _committed_alert(dashboard: Dashboard, event: bytes, key: str = KEY) -> None:
+    _alert_in_transaction(dashboard, event, key).commit_transaction(30)
 
 
 def _aborted_alert(dashboard: Dashboard, event: bytes, key: str) -> None:
-    producer = Producer(
-        {"bootstrap.servers": dashboard.bootstrap_servers, "transactional.id": f"a-{time.time()}"}
-    )
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    producer.produce(dashboard.topics.alerts, key=key.encode(), value=event)
+    producer = _alert_in_transaction(dashboard, event, key)
     producer.flush(30)
     producer.abort_transaction(30)
 
