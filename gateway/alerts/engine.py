@@ -112,10 +112,15 @@ class Engine:
         return True
 
     def status(self, train_id: str, device_id: int, status: dict[str, Any], now_ms: int) -> None:
-        """A device status; the last will (`offline`) fires the stale rules at once."""
+        """A device status; the last will (`offline`) fires the stale rules at once, and a
+        disabled device is silent on purpose, so it is not stale while disabled."""
+        seen = self.store.devices.get((train_id, device_id))
+        if seen is not None and seen.disabled != (status.get("state") == "disabled"):
+            seen.disabled = not seen.disabled
+            seen.arrival_ms = now_ms  # silence counts from here, not from before it was disabled
+            self.store.touch(seen_key(train_id, device_id))
         if status.get("state") != "offline":
             return
-        seen = self.store.devices.get((train_id, device_id))
         silent_s = (now_ms - seen.arrival_ms) / 1000 if seen is not None else 0.0
         for rule in self.stale_rules:
             if rule.on_last_will:
@@ -131,7 +136,7 @@ class Engine:
             after_ms = rule.after_s * 1000
             for seen in self.store.devices.values():
                 silent_ms = now_ms - seen.arrival_ms
-                if silent_ms < after_ms:
+                if silent_ms < after_ms or seen.disabled:
                     continue
                 state = self.store.rule(seen.train_id, rule.name, f"device-{seen.device_id}")
                 if state.state != "firing":

@@ -69,6 +69,7 @@ class DeviceSeen:
     boot_id: int
     seq: int
     arrival_ms: int  # the Kafka record time, so stale detection needs no device clock
+    disabled: bool = False  # silent on purpose (its status says so): never stale
 
 
 @dataclass

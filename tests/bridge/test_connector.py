@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Producer
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import REGISTRY
 
 from bridge.config import load_config
 from bridge.connector import Connector
@@ -96,6 +97,8 @@ def test_garbage_goes_to_the_dead_letter_topic_and_the_bridge_keeps_running(
         client.loop_stop()
         connector.stop()
     assert len(ok) == 1
+    counted = REGISTRY.get_sample_value("trackside_bridge_dead_lettered_total", {"connector": name})
+    assert counted == len(bad)
     assert sorted(m.value() for m in dead) == sorted(bad.values())
     for msg in dead:
         headers = dict(msg.headers())

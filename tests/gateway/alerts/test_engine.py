@@ -168,6 +168,20 @@ def test_stale_data_by_timer_and_by_last_will() -> None:
     assert "last will" in will["message"]
 
 
+def test_a_disabled_device_is_silent_on_purpose_not_stale() -> None:
+    engine = _engine({"name": "stale", "kind": "stale", "after_s": 30})
+    engine.reading(Reading("T1", 7, 1, 0, 0, {L: 20}), arrival_ms=1_000)
+    engine.status("T1", 7, {"state": "disabled"}, 2_000)
+    engine.tick(100_000)
+    assert engine.drain().alerts == []
+    engine.status("T1", 7, {"state": "online"}, 200_000)  # enabled: silence counts from here
+    engine.tick(220_000)
+    assert engine.drain().alerts == []
+    engine.tick(231_000)
+    (firing,) = engine.drain().alerts
+    assert (firing["state"], firing["since_ms"]) == ("firing", 200_000)
+
+
 def test_policy_flags_the_train_disables_it_and_a_clear_enables_it() -> None:
     engine = _engine({**HOT, "severity": "critical"}, disable_train=True)
     out = _feed(engine, _series(L, [130, 100, 130]))  # fires twice; one flag, one disable
