@@ -6,9 +6,10 @@ import os
 import random
 import time
 
+from micropython import const
+
 import wire
 from link import Link
-from outbox import Outbox
 from umqtt.simple import MQTTException
 
 FW = "1.0.0"
@@ -18,24 +19,33 @@ OPS = ("disable", "enable", "reboot", "identify")
 LINK_ERRORS = (OSError, MQTTException, IndexError, AssertionError)
 # Bare-metal ports count seconds from 2000-01-01, the unix port from 1970.
 EPOCH_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
+_BURST = const(16)  # readings sent per service round, so that commands stay responsive
+STATUS = '{"state":"%s","boot_id":%d,"seq":%d,"dropped":%d,"outbox":%d,"uptime_s":%d,"fw":"%s"}'
 
 
 class App:
-    def __init__(self, cfg, board):
+    def __init__(self, cfg, board, outbox):
         self.board = board
+        self.outbox = outbox  # an Outbox with slots for wire's largest frame
         self.device_id = cfg["device_id"]
         self.sample_ms = cfg.get("sample_ms", 1000)
-        self.enable = {}
+        self.enable = {}  # channel name -> False to stop reading it (retained config)
         self.seq = 0
-        self.outbox = Outbox(cfg.get("outbox", 256))
-        state = _load_state()
+        try:
+            with open(STATE_FILE) as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            state = {}
         self.boot_id = (state.get("boot_id", random.getrandbits(16)) + 1) & 0xFFFF
         self.disabled = state.get("disabled", False)
         self._save_state()
         base = "trackside/v1/%s/" % cfg["train_id"]
-        self.topic = base + "%d/" % self.device_id
-        self.link = Link(cfg, "trackside-%d" % self.device_id, self.topic + "status",
-                         (self.topic + "config", self.topic + "cmd", base + "cmd"), _rand)
+        topic = base + "%d/" % self.device_id
+        # Topics built once: a publish then allocates no string.
+        self._telemetry, self._status, self._reply = (
+            topic + "telemetry", topic + "status", topic + "reply")
+        self.link = Link(cfg, "trackside-%d" % self.device_id, self._status,
+                         (topic + "config", topic + "cmd", base + "cmd"))
         self._wall = board.sync_time()
         self._up_ms = 0
         self._status_ms = cfg.get("status_ms", 60000)
@@ -43,7 +53,6 @@ class App:
 
     def run(self):
         """Sample and publish until the board resets."""
-        self.board.start_watchdog(self.link.keepalive_s * 1000)
         last = next_sample = time.ticks_ms()
         while True:
             self.board.feed()
@@ -61,7 +70,7 @@ class App:
             time.sleep_ms(min(20, max(0, wait)))
 
     def sample(self):
-        values = self.board.sensors.read(self._enabled)
+        values = self.board.sensors.read(self.enable)
         scaled = {}
         for name in values:
             v = values[name]
@@ -78,10 +87,7 @@ class App:
             return
         self.seq += 1
         self.outbox.put(frame)
-        gc.collect()
-
-    def _enabled(self, name):
-        return self.enable.get(name, True)
+        gc.collect()  # the reading's floats, dicts and frame: gone before the next round
 
     def service(self):
         """Connect when due, then receive, drain the outbox and report status."""
@@ -96,37 +102,36 @@ class App:
                 print("mqtt: connected")
             except LINK_ERRORS as e:
                 link.fail(e)
+            gc.collect()
             return
+        sent = 0
         try:
             link.poll()
             while link.inbox:
                 topic, payload = link.inbox.pop(0)
-                self.handle(topic.decode(), payload)
+                if topic.endswith(b"/config"):
+                    self.configure(payload)
+                else:
+                    self.command(payload)
             frame = self.outbox.peek()
-            sent = 0
-            while frame is not None and sent < 32:  # bounded: commands stay responsive
-                link.publish(self.topic + "telemetry", frame)
+            while frame is not None and sent < _BURST:
+                link.publish(self._telemetry, frame)
                 self.outbox.pop()  # acknowledged: only now may it go
+                self.board.feed()  # a slow broker must not starve the watchdog
                 frame = self.outbox.peek()
                 sent += 1
             if time.ticks_diff(time.ticks_ms(), self._status_due) >= 0:
                 self.publish_status()
         except LINK_ERRORS as e:
             link.fail(e)
+        if sent:
+            gc.collect()  # each publish leaves a few small packets behind
 
     def publish_status(self):
-        state = "disabled" if self.disabled else "online"
-        self.link.publish(self.topic + "status", json.dumps({
-            "state": state, "boot_id": self.boot_id, "seq": self.seq,
-            "dropped": self.outbox.dropped, "outbox": len(self.outbox),
-            "uptime_s": self._up_ms // 1000, "fw": FW}), True)
+        self.link.publish(self._status, STATUS % (
+            "disabled" if self.disabled else "online", self.boot_id, self.seq,
+            self.outbox.dropped, len(self.outbox), self._up_ms // 1000, FW), True)
         self._status_due = time.ticks_add(time.ticks_ms(), self._status_ms)
-
-    def handle(self, topic, payload):
-        if topic.endswith("/config"):
-            self.configure(payload)
-        else:
-            self.command(payload)
 
     def configure(self, payload):
         try:
@@ -170,23 +175,11 @@ class App:
         msg = {"id": rid, "ok": error is None, "state": "disabled" if self.disabled else "online"}
         if error is not None:
             msg["error"] = error
-        self.link.publish(self.topic + "reply", json.dumps(msg))
+        self.link.publish(self._reply, json.dumps(msg))
 
     def _save_state(self):
         with open(STATE_FILE, "w") as f:
             json.dump({"boot_id": self.boot_id, "disabled": self.disabled}, f)
-
-
-def _load_state():
-    try:
-        with open(STATE_FILE) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def _rand(n):
-    return random.getrandbits(24) % n
 
 
 random.seed(int.from_bytes(os.urandom(4), "big"))

@@ -1,21 +1,22 @@
 # The MQTT session on top of micropython-lib's umqtt.simple: connect with a retained last will,
 # subscribe, reconnect with jittered exponential backoff, keepalive pings (umqtt never pings on
 # its own), and socket timeouts so that a dead broker raises OSError instead of hanging.
+import random
 import time
+
 from umqtt.simple import MQTTClient
 
 OFFLINE = b'{"state":"offline"}'
 
 
 class Link:
-    def __init__(self, cfg, client_id, will_topic, topics, rand):
+    def __init__(self, cfg, client_id, will_topic, topics):
         b = cfg["broker"]
         self._args = (client_id, b["host"], b.get("port", 1883), b.get("user") or None,
                       b.get("password") or None)
         self._tls = b.get("tls", False)
         self._will = will_topic
         self._topics = topics
-        self._rand = rand
         self.keepalive_s = cfg.get("keepalive_s", 30)
         self._timeout_s = cfg.get("timeout_s", 5)
         self._backoff_min, self._backoff_max = cfg.get("backoff_ms", (1000, 30000))
@@ -49,7 +50,7 @@ class Link:
                 pass
         # Full jitter over an exponentially growing window, never below the minimum.
         window = min(self._backoff_max, self._backoff_min << min(self._failures, 16))
-        delay = self._backoff_min + self._rand(max(1, window - self._backoff_min))
+        delay = self._backoff_min + random.getrandbits(24) % max(1, window - self._backoff_min)
         self._failures += 1
         self._retry_at = time.ticks_add(time.ticks_ms(), delay)
         print("mqtt: %r, retry in %d ms" % (exc, delay))

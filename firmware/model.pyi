@@ -1,7 +1,6 @@
 """Types of firmware/model.py (plain MicroPython-compatible code without annotations)."""
 
 FAULTS: tuple[str, ...]
-CHANNELS: tuple[str, ...]
 
 class TrainModel:
     fault: str | None

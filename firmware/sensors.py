@@ -1,161 +1,72 @@
-# Sensor drivers. Each driver keeps its raw I/O in one small method (`_raw`, `_sample`, `_take`)
-# and its conversion to the channel's unit in shared code; the simulated twins in sim.py
-# override only the raw I/O, so the unix port runs the very conversions the boards run.
+# Sensor channels: what each sensor's raw reading means in its channel's unit, and the reading
+# of every enabled channel. The raw I/O comes from a subclass: the drivers of the real chips
+# (board_wifi.py) or their simulated twins (sim.py). So the unix port runs the very conversions
+# the boards run, and loads no driver code it cannot use (a saving of a few KB of heap).
 import math
+import struct
 import time
 
-ACCEL_SAMPLES = 32  # per vibration reading; 32 x 6 bytes read into one reused buffer
+ACCEL_SAMPLES = 32  # per vibration reading, read into one reused 6-byte buffer
+G_PER_COUNT = 0.0039  # ADXL345 at full resolution
+TEMPS = ("engine_temp", "bearing_left_temp", "bearing_right_temp", "ambient_temp")
 
 
-def vibration_rms(sum_sq_dev, n):
-    """RMS of the dynamic acceleration (gravity removed) from summed squared deviations."""
-    return math.sqrt(sum_sq_dev / n) if n else 0.0
+class Sensors:
+    """Every channel of one device, read in one go. A subclass provides the raw I/O:
+    `_probe(name)` (1-Wire temperature word or None), `_start()` (next conversion),
+    `_accel(buf)` (ADXL345 DATAX0..DATAZ1 into buf), `_supply_uv()`, `_pulses()`."""
 
+    def __init__(self, divider, m_per_pulse):
+        self._divider = divider  # supply voltage divider ratio
+        self._m_per_pulse = m_per_pulse  # wheel circumference / pulses per revolution
+        self._xyz = bytearray(6)
+        self._last = time.ticks_ms()  # of the previous speed reading
 
-class Probes:
-    """1-Wire temperature probes on one bus: DS18B20 (ambient) and MAX31850K thermocouple
-    converters (engine, bearings) answer the same convert/read-scratchpad commands."""
-
-    def __init__(self, pin, names):
-        import onewire
-        from machine import Pin
-
-        self._bus = onewire.OneWire(Pin(pin))
-        roms = sorted(self._bus.scan())
-        self._roms = list(zip(names, roms))  # probes are labelled in ROM order when fitted
-        self._buf = bytearray(9)
-        self._start()
-
-    def _start(self):
-        # Conversion takes up to 750 ms: start it now, read it at the next sample.
-        self._bus.reset()
-        self._bus.writebyte(0xCC)  # skip ROM: every probe converts at once
-        self._bus.writebyte(0x44)
-
-    def _raw(self, name):
-        for n, rom in self._roms:
-            if n == name:
-                self._bus.reset()
-                self._bus.select_rom(rom)
-                self._bus.writebyte(0xBE)
-                self._bus.readinto(self._buf)
-                if self._bus.crc8(self._buf):
-                    return None
-                return (self._buf[1] << 8 | self._buf[0]) & ~3  # MAX31850 fault bits off
-        return None
-
-    def read(self, names):
-        """Temperatures in degC (None for a missing or failing probe); starts the next round."""
+    def read(self, enable):
+        """Values of the channels not disabled in `enable` (name -> bool) in their units;
+        None where a sensor failed."""
         out = {}
-        for name in names:
-            raw = self._raw(name)
-            if raw is not None and raw & 0x8000:
-                raw -= 0x10000
-            out[name] = None if raw is None else raw / 16.0
-        self._start()
+        for name in TEMPS:
+            if enable.get(name, True):
+                raw = self._probe(name)  # 1/16 degC, two's complement
+                if raw is not None and raw & 0x8000:
+                    raw -= 0x10000
+                out[name] = None if raw is None else raw / 16
+        self._start()  # conversion takes up to 750 ms: start it now, read it next time
+        self._channel(out, enable, "vibration_rms", self._vibration)
+        self._channel(out, enable, "speed", self._speed)
+        self._channel(out, enable, "supply_voltage", self._supply)
         return out
 
+    def _channel(self, out, enable, name, read):
+        if enable.get(name, True):
+            try:
+                out[name] = read()
+            except OSError:  # a loose I2C connector must not stop the device
+                out[name] = None
 
-class Accelerometer:
-    """ADXL345 on I2C, full resolution (3.9 mg per count), 800 Hz output rate."""
-
-    SCALE_G = 0.0039
-
-    def __init__(self, i2c, addr=0x53):
-        self._i2c = i2c
-        self._addr = addr
-        self._buf = bytearray(6)
-        i2c.writeto_mem(addr, 0x2C, b"\x0d")  # BW_RATE: 800 Hz
-        i2c.writeto_mem(addr, 0x31, b"\x0b")  # DATA_FORMAT: full resolution, +-16 g
-        i2c.writeto_mem(addr, 0x2D, b"\x08")  # POWER_CTL: measure
-
-    def _sample(self):
-        self._i2c.readfrom_mem_into(self._addr, 0x32, self._buf)
-        b = self._buf
-        return (_s16(b[1] << 8 | b[0]), _s16(b[3] << 8 | b[2]), _s16(b[5] << 8 | b[4]))
-
-    def read(self):
-        """Vibration RMS in g over ACCEL_SAMPLES samples, all three axes, gravity removed."""
+    def _vibration(self):
+        # RMS in g over ACCEL_SAMPLES samples, all three axes, gravity removed: from the sums
+        # of the samples and of their squares, so that no sample is kept.
+        b = self._xyz
         sx = sy = sz = sq = 0
         for _ in range(ACCEL_SAMPLES):
-            x, y, z = self._sample()
+            self._accel(b)
+            x, y, z = struct.unpack_from("<hhh", b)
             sx += x
             sy += y
             sz += z
             sq += x * x + y * y + z * z
-        n = ACCEL_SAMPLES
-        dev = sq - (sx * sx + sy * sy + sz * sz) / n  # sum of squared deviations, integers
-        return vibration_rms(dev, n) * self.SCALE_G
+        dev = sq - (sx * sx + sy * sy + sz * sz) / ACCEL_SAMPLES  # sum of squared deviations
+        return math.sqrt(max(0.0, dev) / ACCEL_SAMPLES) * G_PER_COUNT  # rounding: never < 0
 
-
-def _s16(v):
-    return v - 0x10000 if v & 0x8000 else v
-
-
-class SupplyAdc:
-    """Battery voltage through a resistor divider into an ADC pin."""
-
-    def __init__(self, pin, divider):
-        from machine import ADC, Pin
-
-        self._adc = ADC(Pin(pin))
-        self._divider = divider
-
-    def _raw(self):
-        return self._adc.read_uv() if hasattr(self._adc, "read_uv") else (
-            self._adc.read_u16() * 3300000 // 65535)
-
-    def read(self):
-        """Supply voltage in V."""
-        return self._raw() * self._divider / 1000000
-
-
-class PulseSpeed:
-    """Speed from an axle pulse generator: pulses counted by interrupt between readings."""
-
-    def __init__(self, pin, pulses_per_rev, wheel_m):
-        from machine import Pin
-
-        self._count = 0
-        self._m_per_pulse = wheel_m / pulses_per_rev
-        self._last = time.ticks_ms()
-        Pin(pin, Pin.IN).irq(self._pulse, Pin.IRQ_RISING)
-
-    def _pulse(self, _pin):
-        self._count += 1
-
-    def _take(self):
-        n, self._count = self._count, 0
-        return n
-
-    def read(self):
-        """Speed in km/h averaged since the previous reading."""
+    def _speed(self):
+        # km/h averaged since the previous reading.
         now = time.ticks_ms()
         dt = time.ticks_diff(now, self._last)
         self._last = now
-        pulses = self._take()
-        return pulses * self._m_per_pulse * 3600.0 / dt if dt > 0 else 0.0
+        pulses = self._pulses()
+        return pulses * self._m_per_pulse * 3600 / dt if dt > 0 else 0.0
 
-
-class Sensors:
-    """Every channel of one device, read in one go."""
-
-    TEMPS = ("engine_temp", "bearing_left_temp", "bearing_right_temp", "ambient_temp")
-
-    def __init__(self, probes, accel, supply, speed):
-        self._probes = probes
-        self._accel = accel
-        self._supply = supply
-        self._speed = speed
-
-    def read(self, enabled):
-        """Values of the enabled channels in their units; None where a sensor failed."""
-        out = self._probes.read([n for n in self.TEMPS if enabled(n)])
-        for name, sensor in (("vibration_rms", self._accel), ("speed", self._speed),
-                             ("supply_voltage", self._supply)):
-            if enabled(name):
-                try:
-                    out[name] = sensor.read()
-                except OSError:  # a loose I2C connector must not stop the device
-                    out[name] = None
-        return out
+    def _supply(self):
+        return self._supply_uv() * self._divider / 1000000

@@ -24,7 +24,6 @@ HEADER = ">BBIHIHIH"  # version, flags, device id, boot id, seq, ts high 16, ts 
 HEADER_SIZE = 20
 MAX_FRAME = 64
 MAX_TIMESTAMP = (1 << 48) - 1
-_LIMITS = {"h": (-32768, 32767), "H": (0, 65535)}
 
 
 class WireError(ValueError):
@@ -50,14 +49,16 @@ def encode(device_id, boot_id, seq, timestamp_ms, values, flags=FLAG_WALL_CLOCK)
         timestamp_ms >> 32, timestamp_ms & 0xFFFFFFFF, mask,
     )
     pos = HEADER_SIZE
-    for i, (name, code, _) in enumerate(CHANNELS):
-        if mask & (1 << i):
+    for name, code, _ in CHANNELS:  # in channel id order, as the mask says
+        if name in values:
             v = values[name]
-            lo, hi = _LIMITS[code]
-            # MicroPython's struct wraps out-of-range numbers silently: check first.
-            if not isinstance(v, int) or v < lo or v > hi:
+            lo = -32768 if code == "h" else 0
+            # Checked first: the bytes below would wrap an out-of-range number silently.
+            if not isinstance(v, int) or v < lo or v > lo + 0xFFFF:
                 raise WireError("channel %s out of range: %r" % (name, v))
-            struct.pack_into(">" + code, frame, pos, v)
+            # Big-endian by hand: no format string or tuple to allocate per channel.
+            frame[pos] = v >> 8 & 0xFF
+            frame[pos + 1] = v & 0xFF
             pos += 2
     return bytes(frame)
 
@@ -82,19 +83,16 @@ def decode(frame):
         raise WireError("unsupported version %d" % version)
     values = {}
     pos = HEADER_SIZE
-    i = 0
-    known = len(CHANNELS)
-    while mask >> i:
-        if mask & (1 << i):
-            if i >= known:
-                # A newer channel: everything after it is for newer decoders.
-                return flags, device_id, boot_id, seq, (ts_hi << 32) | ts_lo, values
+    for i in range(len(CHANNELS)):
+        if mask >> i & 1:
+            name, code, _ = CHANNELS[i]
             if pos + 2 > n:
-                raise WireError("truncated: channel %s missing" % CHANNELS[i][0])
-            values[CHANNELS[i][0]] = struct.unpack_from(">" + CHANNELS[i][1], frame, pos)[0]
+                raise WireError("truncated: channel %s missing" % name)
+            v = frame[pos] << 8 | frame[pos + 1]
+            values[name] = v - 0x10000 if code == "h" and v & 0x8000 else v
             pos += 2
-        i += 1
-    if pos != n:
+    # A channel newer than this decoder: it and everything after it is for newer decoders.
+    if pos != n and not mask >> len(CHANNELS):
         raise WireError("trailing bytes: %d after the last channel" % (n - pos))
     return flags, device_id, boot_id, seq, (ts_hi << 32) | ts_lo, values
 

@@ -120,3 +120,32 @@ def test_malformed_commands_get_error_replies_and_the_device_keeps_running(
     assert replies[2]["id"] == "x1" and "explode" in replies[2]["error"]
     after = time.monotonic()
     obs.wait(lambda: len(obs.readings(since=after)) >= 5, "telemetry after the bad commands")
+
+
+def test_full_outbox_drops_the_oldest_and_reports_the_count(
+    mosquitto_factory: Callable[..., BrokerHandle], unix_device: Boot, observe: Observe
+) -> None:
+    broker = mosquitto_factory()
+    device = unix_device(broker, boot=False, outbox=8)
+    obs = observe(broker, device)  # a persistent session: it misses nothing while it is away
+    broker.stop()
+    device.start()
+    time.sleep(4)  # twenty sample periods with no broker: the outbox of 8 overflows
+    broker.start()
+    status = obs.wait(lambda: [s for s in obs.json("status") if s["dropped"]], "status")[0]
+    assert status["dropped"] >= 8 and status["outbox"] == 8  # at connect: full, oldest gone
+    obs.wait(lambda: _last_seq(obs) >= status["seq"] + 20, "readings after the outage")
+    seqs = sorted({r[3] for r in obs.readings()})
+    # The oldest readings went (one more may go between the status and the first publish);
+    # from the oldest kept one on, nothing is missing.
+    assert status["dropped"] <= seqs[0] <= status["dropped"] + 1
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), seqs
+
+
+def test_ctrl_c_stops_the_app_with_no_watchdog_armed(
+    mqtt_broker: BrokerHandle, unix_device: Boot, observe: Observe
+) -> None:
+    obs = _booted(mqtt_broker, unix_device, observe)
+    obs.wait(lambda: len(obs.readings()) >= 3, "first readings")
+    assert obs.device.interrupt() == 0
+    assert "stopped; no watchdog armed" in obs.device.log()

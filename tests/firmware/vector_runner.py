@@ -4,10 +4,10 @@
 # Usage: <python or micropython> vector_runner.py FIRMWARE_DIR VECTORS_FILE
 import json
 import sys
+from binascii import hexlify, unhexlify
 
 sys.path.insert(0, sys.argv[1])
-import wire  # noqa: E402
-from binascii import hexlify, unhexlify  # noqa: E402
+import wire
 
 
 def decoded(frame):
