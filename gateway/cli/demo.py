@@ -18,6 +18,5 @@ def register(app: typer.Typer) -> None:
         mqtt_port: int = typer.Option(1883, help="Port of the embedded MQTT broker."),
         dashboard_port: int = typer.Option(8080, help="Port of the dashboard."),
     ) -> None:
-        """Run Kafka, the gateway (broker, bridge, alerts, dashboard) and 20 simulated
-        trains here; Ctrl-C stops everything."""
+        """Run Kafka, the gateway and 20 simulated trains here; Ctrl-C stops everything."""
         run_demo(console, mqtt_port, dashboard_port)

@@ -17,7 +17,7 @@ from gateway.systemd import unit_text
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="The gateway runtime: embedded MQTT broker, bridge connectors, HTTP control.",
+    help="The gateway runtime: MQTT broker, bridge connectors, alerts, dashboard, HTTP control.",
     no_args_is_help=True,
 )
 
