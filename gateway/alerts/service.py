@@ -73,6 +73,10 @@ class AlertService:
         self._ensure_topics()
         producer = Producer(
             {
+                # A transaction begun while Kafka still completes the last one is refused
+                # (CONCURRENT_TRANSACTIONS) and retried after this back-off: librdkafka's
+                # 100 ms default put 100 ms tails on alert latency (docs/alerts.md).
+                "retry.backoff.ms": 10,
                 **self._common,
                 "transactional.id": self.config.kafka.transactional_id,
                 "enable.idempotence": True,

@@ -94,7 +94,11 @@ class FleetReader:
 
     def _run(self) -> None:
         while self._running.is_set():
-            for msg in self._consumer.consume(1000, 0.2):
+            # Wait for one record, then take what else is fetched: `consume(n, timeout)` alone
+            # waits out the whole timeout unless n records are ready, delaying every update.
+            first = self._consumer.poll(0.2)
+            batch = [first, *self._consumer.consume(1000, 0)] if first is not None else []
+            for msg in batch:
                 error = msg.error()
                 if error is not None:
                     self._on_error(error)
