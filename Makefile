@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each prepares the machine itself.
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint bench
 
 setup:
 	scripts/bootstrap.sh
@@ -13,3 +13,8 @@ lint: setup
 
 test: lint
 	.venv/bin/pytest
+
+# Benchmarks print a table and write benchmarks/results/<name>.json (see docs/benchmarks.md).
+bench: setup
+	.venv/bin/pip install -q -e '.[dev,bench]'
+	.venv/bin/python -m benchmarks.bridge

@@ -5,7 +5,9 @@ fsync'd into the spool. Readings flow straight to Kafka until a delivery fails; 
 every reading goes to the spool, behind the ones that failed, and a replay thread drains the
 spool in order once Kafka answers again. Only when the spool is empty do readings flow straight
 again, so per-device order holds across an outage. A full spool blocks the MQTT thread, which
-stops acknowledging: the broker holds the rest (backpressure, never silent loss).
+stops acknowledging: the broker holds the rest (backpressure, never silent loss). So does a
+Kafka that reports more slowly than readings arrive: at most `mqtt.receive_maximum` readings
+are in flight, whatever the broker sends.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from confluent_kafka import KafkaError
@@ -63,12 +66,14 @@ class Connector:
         self.name = config.name
         self.pipeline = Pipeline(config)
         self.spool = Spool(config.spool.path, config.spool.max_bytes, config.spool.segment_bytes)
-        self.sink = KafkaSink(config)
         self.source = MqttSourceClient(config.mqtt, self._on_message)
+        self.sink = KafkaSink(config, after_poll=self.source.flush_acks)
         self.commands = CommandRelay(config, self.source) if config.commands else None
         self._cv = threading.Condition()
         self._spooling = not self.spool.empty()
         self._in_flight = 0  # produced straight to Kafka, not yet reported
+        self._max_in_flight = config.mqtt.receive_maximum
+        self._throttled = False  # the MQTT thread waits for reports to free room
         self._pending: list[tuple[KafkaRecord, tuple[int, int, int]]] = []  # for the spool
         self._writing = 0
         self._state: Literal["running", "paused", "failed", "stopped"] = "stopped"
@@ -76,7 +81,17 @@ class Connector:
         self._stop = threading.Event()
         self._replayer = threading.Thread(target=self._replay, name="spool-replay", daemon=True)
         self._writer = threading.Thread(target=self._write_spool, name="spool-write", daemon=True)
-        self._labels = {"connector": self.name}
+        # Metric children bound once: a label lookup per reading costs more than the update.
+        labels = {"connector": self.name}
+        self._received = RECEIVED.labels(**labels)
+        self._delivered_count = DELIVERED.labels(**labels)
+        self._dropped = DROPPED.labels(**labels)
+        self._dead_lettered = DEAD_LETTERED.labels(**labels)
+        self._spooled = SPOOLED.labels(**labels)
+        self._replayed = REPLAYED.labels(**labels)
+        self._spool_bytes = SPOOL_BYTES.labels(**labels)
+        self._latency = LATENCY.labels(**labels)
+        self._dead_letter_topic = config.errors.deadletterqueue_topic_name
         self.received = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -131,7 +146,7 @@ class Connector:
     # -- the path of one reading -------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes, qos: int, mid: int, gen: int) -> None:
-        RECEIVED.labels(**self._labels).inc()
+        self._received.inc()
         self.received += 1
         received = time.monotonic()
         try:
@@ -140,13 +155,22 @@ class Connector:
             self._fail(str(exc))
             return
         if record is None:
-            DROPPED.labels(**self._labels).inc()
+            self._dropped.inc()
             self.source.ack(mid, qos, gen)
             return
-        if record.topic == self.config.errors.deadletterqueue_topic_name:
-            DEAD_LETTERED.labels(**self._labels).inc()
+        if record.topic == self._dead_letter_topic:
+            self._dead_lettered.inc()
         ack = (mid, qos, gen)
         with self._cv:
+            # Backpressure on Kafka: wait until half the in-flight readings are reported. The
+            # wait may end in spooling mode, which the check below then honours.
+            while (
+                self._in_flight >= self._max_in_flight
+                and not self._spooling
+                and not self._stop.is_set()
+            ):
+                self._throttled = True
+                self._cv.wait_for(lambda: not self._throttled or self._stop.is_set())
             if self._spooling:
                 # Behind everything still in flight, which may yet fail into the spool; and
                 # never more than MAX_PENDING waiting for the disk (backpressure).
@@ -160,22 +184,34 @@ class Connector:
                 self._cv.notify_all()
                 return
             self._in_flight += 1
+        self.sink.produce(record, partial(self._delivered, record, ack, received))
 
-        def delivered(err: KafkaError | None, _msg: Any) -> None:
-            with self._cv:
-                self._in_flight -= 1
-                if err is not None:
-                    if not self._spooling:
-                        log.warning("Kafka did not take a reading (%s): spooling", err)
-                    self._spooling = True
-                    self._pending.append((record, ack))
+    def _delivered(
+        self,
+        record: KafkaRecord,
+        ack: tuple[int, int, int],
+        received: float,
+        err: KafkaError | None,
+        _msg: Any,
+    ) -> None:
+        """Kafka's report on one reading (poll thread): PUBACK it, or spool it on failure."""
+        with self._cv:
+            self._in_flight -= 1
+            if err is not None:
+                if not self._spooling:
+                    log.warning("Kafka did not take a reading (%s): spooling", err)
+                self._spooling = True
+                self._pending.append((record, ack))
+            if self._throttled and self._in_flight <= self._max_in_flight // 2:
+                self._throttled = False
                 self._cv.notify_all()
-            if err is None:
-                DELIVERED.labels(**self._labels).inc()
-                LATENCY.labels(**self._labels).observe(time.monotonic() - received)
-                self.source.ack(*ack)
-
-        self.sink.produce(record, delivered)
+            # Waiters only care while spooling; waking them for every reading costs a lot.
+            elif self._spooling:
+                self._cv.notify_all()
+        if err is None:
+            self._delivered_count.inc()
+            self._latency.observe(time.monotonic() - received)
+            self.source.ack(*ack)
 
     def _write_spool(self) -> None:
         """Group commit: append everything pending with one fsync, then send the PUBACKs."""
@@ -192,10 +228,11 @@ class Connector:
                 log.warning("the spool is full (%d bytes): holding readings", self.spool.max_bytes)
                 self._stop.wait(1.0)
             self.spool.append(records)
-            SPOOLED.labels(**self._labels).inc(len(records))
-            SPOOL_BYTES.labels(**self._labels).set(self.spool.used_bytes)
+            self._spooled.inc(len(records))
+            self._spool_bytes.set(self.spool.used_bytes)
             for _, ack in batch:
                 self.source.ack(*ack)
+            self.source.flush_acks()
             with self._cv:
                 self._writing = 0
                 self._cv.notify_all()
@@ -222,8 +259,8 @@ class Connector:
             records, position = self.spool.read(REPLAY_BATCH)
             if self._deliver_in_order(records):
                 self.spool.commit(position)
-                REPLAYED.labels(**self._labels).inc(len(records))
-                SPOOL_BYTES.labels(**self._labels).set(self.spool.used_bytes)
+                self._replayed.inc(len(records))
+                self._spool_bytes.set(self.spool.used_bytes)
                 with self._cv:
                     self._cv.notify_all()
                 backoff = 0.5

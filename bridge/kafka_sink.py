@@ -26,9 +26,15 @@ class SinkError(BridgeError):
 
 
 class KafkaSink:
-    """Produces records; a thread polls for delivery reports and calls each record's callback."""
+    """Produces records; a thread polls for delivery reports and calls each record's callback.
 
-    def __init__(self, config: ConnectorConfig) -> None:
+    `after_poll` runs in the poll thread after every round of reports (e.g. to send the
+    PUBACKs they queued in one write).
+    """
+
+    def __init__(
+        self, config: ConnectorConfig, after_poll: Callable[[], None] | None = None
+    ) -> None:
         settings: dict[str, Any] = {
             "bootstrap.servers": config.kafka.bootstrap_servers,
             "client.id": f"trackside-{config.name}",
@@ -47,13 +53,15 @@ class KafkaSink:
             self.producer = Producer(settings)
         except KafkaException as exc:
             raise SinkError(f"kafka.settings: librdkafka refused them: {exc}") from exc
+        self._after_poll = after_poll
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
         while self._running:
-            self.producer.poll(0.05)
+            if self.producer.poll(0.05) and self._after_poll is not None:
+                self._after_poll()
 
     def produce(self, record: KafkaRecord, on_delivery: Delivery) -> None:
         """Queue one record; waits (never drops) while librdkafka's queue is full."""

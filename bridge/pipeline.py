@@ -8,7 +8,7 @@ from bridge import BridgeError
 from bridge.config import ConnectorConfig
 from bridge.converters import CONVERTERS
 from bridge.record import KafkaRecord, Message, RecordError
-from bridge.transforms import build_chain, render
+from bridge.transforms import build_chain, template
 
 __all__ = ["Outcome", "Pipeline", "RejectedRecordError"]
 
@@ -28,26 +28,28 @@ class Pipeline:
         self.config = config
         self.chain = build_chain(config)
         self.convert = CONVERTERS[config.converter]
+        self.topic = template(config.kafka.topic)
+        self.key = template(config.kafka.key)
         # Topic pattern segments such as {train_id} become message fields.
-        self.segments = {
-            i: part[1:-1]
+        self.segments = tuple(
+            (i, part[1:-1])
             for i, part in enumerate(config.mqtt.topic_pattern.split("/"))
             if part.startswith("{") and part.endswith("}")
-        }
+        )
 
     def process(self, topic: str, payload: bytes, qos: int) -> Outcome:
         """The Kafka record for this message: the reading, or a dead letter with the reason."""
         msg = Message(topic, payload, qos)
         try:
             parts = topic.split("/")
-            for i, name in self.segments.items():
+            for i, name in self.segments:
                 if i < len(parts):
                     msg.fields[name] = parts[i]
             for step in self.chain:
                 if step(msg) is None:
                     return None
-            topic_out = msg.kafka_topic or render(self.config.kafka.topic, msg)
-            key = msg.key if msg.key is not None else render(self.config.kafka.key, msg).encode()
+            topic_out = msg.kafka_topic or self.topic(msg)
+            key = msg.key if msg.key is not None else self.key(msg).encode()
             return KafkaRecord(topic_out, key, self.convert(msg), tuple(msg.headers))
         except RecordError as exc:
             return self.dead_letter(topic, payload, exc.reason, type(exc).__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from bridge.record import Message, RecordError
@@ -12,9 +13,13 @@ from firmware import wire
 if TYPE_CHECKING:  # the config module imports this registry
     from bridge.config import ConnectorConfig, TransformConfig
 
-__all__ = ["TRANSFORMS", "Transform", "build_chain", "render"]
+__all__ = ["TRANSFORMS", "Template", "Transform", "build_chain", "render", "template"]
 
 _SCALES = {name: float(scale) for name, _, scale in wire.CHANNELS}
+_QOS = {0: b"0", 1: b"1"}
+_ONE_FIELD = re.compile(r"\{(\w+)\}")
+
+Template = Callable[["Message"], str]
 
 
 class Transform(Protocol):
@@ -29,6 +34,22 @@ def render(template: str, msg: Message) -> str:
         return template.format_map({**msg.fields, "topic": msg.topic.split("/")})
     except (KeyError, IndexError) as exc:
         raise RecordError(f"template {template!r} needs {exc}, which this message lacks") from exc
+
+
+def template(text: str) -> Template:
+    """`render` bound to one template; a plain text or a lone `{field}` skips format_map."""
+    if "{" not in text and "}" not in text:
+        return lambda _msg: text
+    match = _ONE_FIELD.fullmatch(text)
+    if match is None:
+        return partial(render, text)
+    name = match[1]
+
+    def one_field(msg: Message) -> str:
+        value = msg.fields.get(name)
+        return str(value) if value is not None else render(text, msg)
+
+    return one_field
 
 
 class DecodeWire:
@@ -66,16 +87,16 @@ class Headers:
 
     def __call__(self, msg: Message) -> Message:
         f = msg.fields
-        msg.headers.append(("mqtt.topic", msg.topic.encode()))
-        msg.headers.append(("mqtt.qos", str(msg.qos).encode()))
+        headers = msg.headers
+        headers.append(("mqtt.topic", msg.topic.encode()))
+        headers.append(("mqtt.qos", _QOS.get(msg.qos) or str(msg.qos).encode()))
         if "train_id" in f:
-            msg.headers.append(("train.id", str(f["train_id"]).encode()))
+            headers.append(("train.id", str(f["train_id"]).encode()))
         if "device_id" in f:
-            msg.headers.append(("device.id", str(f["device_id"]).encode()))
-        if "seq" in f:
-            msg.headers.append(
-                ("reading.id", f"{f['device_id']}/{f['boot_id']}/{f['seq']}".encode())
-            )
+            device = str(f["device_id"])
+            headers.append(("device.id", device.encode()))
+            if "seq" in f:
+                headers.append(("reading.id", f"{device}/{f['boot_id']}/{f['seq']}".encode()))
         return msg
 
 
@@ -83,10 +104,10 @@ class Route:
     """Choose the Kafka topic from a template, e.g. `telemetry.{train_id}`."""
 
     def __init__(self, step: TransformConfig, connector: ConnectorConfig) -> None:
-        self.topic = _option(step, "topic")
+        self.topic = template(_option(step, "topic"))
 
     def __call__(self, msg: Message) -> Message:
-        msg.kafka_topic = render(self.topic, msg)
+        msg.kafka_topic = self.topic(msg)
         return msg
 
 
@@ -94,10 +115,10 @@ class SetKey:
     """Choose the Kafka key from a template, e.g. `{train_id}/{device_id}`."""
 
     def __init__(self, step: TransformConfig, connector: ConnectorConfig) -> None:
-        self.key = _option(step, "key")
+        self.key = template(_option(step, "key"))
 
     def __call__(self, msg: Message) -> Message:
-        msg.key = render(self.key, msg).encode()
+        msg.key = self.key(msg).encode()
         return msg
 
 
