@@ -40,12 +40,13 @@ class KafkaSink:
             "client.id": f"trackside-{config.name}",
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 5,
+            "linger.ms": 1,
             "batch.num.messages": 10000,
             "compression.type": "lz4",
             "queue.buffering.max.messages": 200_000,
             # How long Kafka may take before a reading goes to the spool instead.
             "message.timeout.ms": config.spool.delivery_timeout_ms,
+            "socket.nagle.disable": True,
             "log_level": 3,
         }
         settings.update(config.kafka.settings)
@@ -65,14 +66,15 @@ class KafkaSink:
 
     def produce(self, record: KafkaRecord, on_delivery: Delivery) -> None:
         """Queue one record; waits (never drops) while librdkafka's queue is full."""
+        topic, key, value, headers = record
+        if type(headers) is not list:  # the producer takes a list (or a dict), not a tuple
+            headers = list(headers)
+        # A list as it is: copying it for the producer's wider element type costs per reading.
+        headers_arg: Any = headers or None
         while True:
             try:
                 self.producer.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=list(record.headers) or None,
-                    on_delivery=on_delivery,
+                    topic, value=value, key=key, headers=headers_arg, on_delivery=on_delivery
                 )
                 return
             except BufferError:

@@ -30,7 +30,7 @@ DROPPED = Counter("trackside_bridge_dropped", "Messages dropped by a filter", ["
 SPOOL_BYTES = Gauge("trackside_bridge_spool_bytes", "Bytes waiting in the spool", ["connector"])
 LATENCY = Histogram(
     "trackside_bridge_latency_seconds",
-    "From MQTT receipt to Kafka acknowledgement",
+    "From MQTT receipt to Kafka acknowledgement, sampled: the first reading of each received batch",
     ["connector"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

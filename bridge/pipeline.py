@@ -42,15 +42,16 @@ class Pipeline:
         msg = Message(topic, payload, qos)
         try:
             parts = topic.split("/")
+            fields = msg.fields
             for i, name in self.segments:
                 if i < len(parts):
-                    msg.fields[name] = parts[i]
+                    fields[name] = parts[i]
             for step in self.chain:
                 if step(msg) is None:
                     return None
             topic_out = msg.kafka_topic or self.topic(msg)
             key = msg.key if msg.key is not None else self.key(msg).encode()
-            return KafkaRecord(topic_out, key, self.convert(msg), tuple(msg.headers))
+            return KafkaRecord(topic_out, key, self.convert(msg), msg.headers)
         except RecordError as exc:
             return self.dead_letter(topic, payload, exc.reason, type(exc).__name__)
 

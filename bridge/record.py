@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["KafkaRecord", "Message", "RecordError"]
 
@@ -29,11 +30,10 @@ class Message:
     key: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaRecord:
-    """A record ready for the producer or the spool."""
+class KafkaRecord(NamedTuple):
+    """A record ready for the producer or the spool (a tuple: one is built per reading)."""
 
     topic: str
     key: bytes | None
     value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: Sequence[tuple[str, bytes]] = ()

@@ -68,14 +68,13 @@ class DecodeWire:
             raise RecordError(
                 f"device id mismatch: frame says {device_id}, topic says {topic_device}"
             )
-        msg.fields.update(
-            device_id=device_id,
-            boot_id=boot_id,
-            seq=seq,
-            ts_ms=ts,
-            wall_clock=bool(flags & wire.FLAG_WALL_CLOCK),
-            values={name: v / _SCALES[name] for name, v in values.items()},
-        )
+        fields = msg.fields
+        fields["device_id"] = device_id
+        fields["boot_id"] = boot_id
+        fields["seq"] = seq
+        fields["ts_ms"] = ts
+        fields["wall_clock"] = bool(flags & wire.FLAG_WALL_CLOCK)
+        fields["values"] = {name: v / _SCALES[name] for name, v in values.items()}
         return msg
 
 

@@ -20,7 +20,7 @@ from amqtt.broker import Broker
 from pydantic import SecretStr
 
 from bridge.config import ConnectorConfig
-from bridge.connector import Connector
+from bridge.connector import Connector, tune_gc_for_streaming
 from gateway import GatewayError
 from gateway.alerts.config import ServiceConfig
 from gateway.alerts.rules import load_rules
@@ -103,6 +103,7 @@ async def run_gateway(
             app = make_app(connectors, config.http)
             await services.enter_async_context(_site(app, config.http.host, config.http.port))
             on_ready(f"HTTP control on http://{config.http.host}:{config.http.port}/status")
+        tune_gc_for_streaming()
         await stop.wait()
     if failures:
         raise GatewayError("; ".join(failures))

@@ -10,7 +10,7 @@ import typer
 from prometheus_client import start_http_server
 
 from bridge.config import load_config
-from bridge.connector import Connector
+from bridge.connector import Connector, tune_gc_for_streaming
 from bridge.pipeline import Pipeline
 from gateway.cli.console import console
 
@@ -44,6 +44,7 @@ def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     connector.start()
+    tune_gc_for_streaming()
     console.print(f"connector {connector.name!r} running (Ctrl-C stops it)")
     while not stop.wait(1.0):
         if connector.status().state == "failed":
