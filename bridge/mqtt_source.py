@@ -298,7 +298,7 @@ class MqttSourceClient:
         while not self._stopped.is_set():
             try:
                 self._read()
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, IndexError) as exc:  # IndexError: a malformed packet
                 if self._stopped.is_set():
                     return
                 with self._lock:
