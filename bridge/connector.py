@@ -35,6 +35,7 @@ from bridge.metrics import (
     DEAD_LETTERED,
     DELIVERED,
     DROPPED,
+    IN_FLIGHT,
     LATENCY,
     RECEIVED,
     REPLAYED,
@@ -120,6 +121,8 @@ class Connector:
         self._replayed = REPLAYED.labels(**labels)
         self._spool_bytes = SPOOL_BYTES.labels(**labels)
         self._latency = LATENCY.labels(**labels)
+        # Read when scraped, so the hot path pays nothing for it.
+        IN_FLIGHT.labels(**labels).set_function(lambda: self._in_flight + len(self._pending))
         self._dead_letter_topic = config.errors.deadletterqueue_topic_name
         self.received = 0
 

@@ -8,6 +8,7 @@ __all__ = [
     "DEAD_LETTERED",
     "DELIVERED",
     "DROPPED",
+    "IN_FLIGHT",
     "LATENCY",
     "RECEIVED",
     "REPLAYED",
@@ -27,6 +28,11 @@ DEAD_LETTERED = Counter(
     "trackside_bridge_dead_lettered", "Messages sent to the dead-letter topic", ["connector"]
 )
 DROPPED = Counter("trackside_bridge_dropped", "Messages dropped by a filter", ["connector"])
+IN_FLIGHT = Gauge(
+    "trackside_bridge_in_flight",
+    "Readings taken from MQTT and not yet acknowledged (waiting for Kafka or the spool): the lag",
+    ["connector"],
+)
 SPOOL_BYTES = Gauge("trackside_bridge_spool_bytes", "Bytes waiting in the spool", ["connector"])
 LATENCY = Histogram(
     "trackside_bridge_latency_seconds",

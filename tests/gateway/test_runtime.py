@@ -101,6 +101,7 @@ def test_gateway_run_end_to_end(tmp_path: Path, kafka: KafkaService) -> None:
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
             metrics = response.read().decode()
         assert 'trackside_bridge_delivered_total{connector="telemetry"} 60.0' in metrics
+        assert 'trackside_bridge_in_flight{connector="telemetry"} 0.0' in metrics
         assert password not in (tmp_path / "gateway.log").read_text()
 
         gateway.send_signal(signal.SIGTERM)
