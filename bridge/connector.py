@@ -151,6 +151,8 @@ class Connector:
         self._writer.join(timeout)
         self.sink.close(timeout)
         self.spool.close()
+        # The gauge's function holds this connector; a stopped one has nothing in flight.
+        IN_FLIGHT.labels(connector=self.name).set_function(lambda: 0)
         if self._state != "failed":
             self._state = "stopped"
 
