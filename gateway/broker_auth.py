@@ -1,12 +1,14 @@
 """amqtt plugins that enforce the device registry: passwords at CONNECT, topic ACLs after.
 
-Both plugins read the same registry file and notice when `trackside devices ...` changes it,
-so adding or revoking a device needs no broker restart.
+Both plugins read the same registry file and notice when `trackside devices ...` changes it
+(at the next CONNECT, and within a second for connected clients), so adding or revoking a
+device needs no broker restart.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,14 +24,25 @@ __all__ = ["RegistryAuthPlugin", "RegistryTopicPlugin"]
 log = logging.getLogger(__name__)
 
 
+RECHECK_S = 1.0  # how often the file is looked at: the topic check runs for every message
+
+
 @cache
 def _registry(path: str) -> Registry:
     return Registry(Path(path))
 
 
-def _current(path: str) -> Registry:
+_checked_at: dict[str, float] = {}
+
+
+def _current(path: str, always: bool = False) -> Registry:
+    """The registry, re-read if the file changed; the file is looked at on every CONNECT
+    (`always`) and otherwise at most once per RECHECK_S."""
     registry = _registry(path)
-    registry.reload_if_changed()
+    now = time.monotonic()
+    if always or now - _checked_at.get(path, -RECHECK_S) >= RECHECK_S:
+        _checked_at[path] = now
+        registry.reload_if_changed()
     return registry
 
 
@@ -44,7 +57,8 @@ class RegistryAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
 
     async def authenticate(self, *, session: Session) -> bool | None:
         """True for a valid account; False otherwise (the password is never logged)."""
-        account = _current(self.config.registry).authenticate(session.username, session.password)
+        registry = _current(self.config.registry, always=True)
+        account = registry.authenticate(session.username, session.password)
         if account is None:
             log.warning("refused MQTT login for %r (unknown, revoked or wrong password)",
                         session.username)
