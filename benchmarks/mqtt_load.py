@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge.mqtt_source import encode_length, encode_string
 from firmware import wire
 
 __all__ = ["Publisher", "prepare_session"]
@@ -35,35 +36,23 @@ WINDOW = 30_000  # unacknowledged PUBLISHes at most; below 65535 so packet ids n
 SLICE_S = 0.005  # a paced publisher sends what is due every SLICE_S
 
 
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack(">H", len(raw)) + raw
-
-
 class Publisher:
     """One MQTT 3.1.1 connection publishing readings at QoS 1; counts the broker's PUBACKs."""
 
     def __init__(self, host: str, port: int, prefix: str, devices: int, per_train: int) -> None:
         self.topics = [
-            _string(f"{prefix}/v1/T{d // per_train}/{d}/telemetry") for d in range(devices)
+            encode_string(f"{prefix}/v1/T{d // per_train}/{d}/telemetry") for d in range(devices)
         ]
         self.sent = 0
         self.acked = 0
         self._seq = [0] * devices
         self._sock = socket.create_connection((host, port))
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        body = _string("MQTT") + bytes([4, 0x02]) + struct.pack(">H", 0)  # clean, no keepalive
-        body += _string(f"bench-load-{uuid.uuid4().hex[:8]}")
-        self._sock.sendall(b"\x10" + _length(len(body)) + body)
+        body = (
+            encode_string("MQTT") + bytes([4, 0x02]) + struct.pack(">H", 0)
+        )  # clean, no keepalive
+        body += encode_string(f"bench-load-{uuid.uuid4().hex[:8]}")
+        self._sock.sendall(b"\x10" + encode_length(len(body)) + body)
         if self._sock.recv(4) != b"\x20\x02\x00\x00":
             raise ConnectionError("the broker refused the benchmark publisher")
         self._reader = threading.Thread(target=self._count_acks, daemon=True)
@@ -85,7 +74,7 @@ class Publisher:
             self._seq[device] = seq + 1
             payload = wire.encode(device, boot_id, seq, ts_ms, VALUES)
             topic = self.topics[device]
-            out += b"\x32" + _length(len(topic) + 2 + len(payload))
+            out += b"\x32" + encode_length(len(topic) + 2 + len(payload))
             out += topic + struct.pack(">H", i % 65535 + 1) + payload
         self.sent += count
         return bytes(out)

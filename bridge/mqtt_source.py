@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from bridge import BridgeError
 from bridge.config import MqttSource
 
-__all__ = ["MqttSourceClient", "Publication", "SourceError"]
+__all__ = ["MqttSourceClient", "Publication", "SourceError", "encode_length", "encode_string"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class Publication:
         return self.acked.is_set()
 
 
-def _varint(n: int) -> bytes:
+def encode_length(n: int) -> bytes:
+    """MQTT's variable-length integer (the remaining length of a packet)."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -70,13 +71,14 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(text: str) -> bytes:
+def encode_string(text: str) -> bytes:
+    """An MQTT UTF-8 string: two length bytes, then the bytes."""
     raw = text.encode()
     return struct.pack(">H", len(raw)) + raw
 
 
 def _packet(kind: int, flags: int, body: bytes) -> bytes:
-    return bytes([kind << 4 | flags]) + _varint(len(body)) + body
+    return bytes([kind << 4 | flags]) + encode_length(len(body)) + body
 
 
 def _frame(data: bytes, pos: int) -> tuple[int, int] | None:
@@ -200,7 +202,7 @@ class MqttSourceClient:
         publication = Publication()
         with self._lock:
             self._next_mid = self._next_mid % 65535 + 1
-            body = _string(topic) + struct.pack(">H", self._next_mid)
+            body = encode_string(topic) + struct.pack(">H", self._next_mid)
             body += (b"\x00" if self._v5 else b"") + payload
             self._outgoing[self._next_mid] = publication
             if self._sock is not None:
@@ -244,7 +246,7 @@ class MqttSourceClient:
             self._last_send = self._last_recv = time.monotonic()
             options = bytes([self.config.qos])
             body = struct.pack(">H", 1) + (b"\x00" if self._v5 else b"")
-            body += b"".join(_string(f) + options for f in self.filters)
+            body += b"".join(encode_string(f) + options for f in self.filters)
             sock.sendall(_packet(_SUBSCRIBE, 0x02, body))
         log.info("connected to MQTT %s", where)
 
@@ -263,20 +265,20 @@ class MqttSourceClient:
         config = self.config
         persistent = config.persistent_session
         flags = 0 if persistent else 0x02  # clean start / clean session
-        payload = _string(config.client_id)
+        payload = encode_string(config.client_id)
         if config.username:
             flags |= 0x80
-            payload += _string(config.username)
+            payload += encode_string(config.username)
             if config.password:
                 flags |= 0x40
-                payload += _string(config.password.get_secret_value())
-        body = _string("MQTT") + bytes([5 if self._v5 else 4, flags])
+                payload += encode_string(config.password.get_secret_value())
+        body = encode_string("MQTT") + bytes([5 if self._v5 else 4, flags])
         body += struct.pack(">H", config.keepalive_s)
         if self._v5:
             expiry = config.session_expiry_s if persistent else 0
             props = struct.pack(">BIBH", _SESSION_EXPIRY, expiry, _RECEIVE_MAXIMUM,
                                 config.receive_maximum)  # fmt: skip
-            body += _varint(len(props)) + props
+            body += encode_length(len(props)) + props
         return _packet(_CONNECT, 0, body + payload)
 
     def _read_connack(self, sock: socket.socket) -> bytes:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from bridge.config import MqttSource
-from bridge.mqtt_source import MqttSourceClient, Received
+from bridge.mqtt_source import MqttSourceClient, Received, encode_length, encode_string
 
 
 class ScriptedBroker:
@@ -69,17 +69,11 @@ class ScriptedBroker:
 def publish_packet(
     topic: str, payload: bytes, mid: int, v5: bool, properties: bytes = b""
 ) -> bytes:
-    raw = topic.encode()
-    body = struct.pack(">H", len(raw)) + raw + struct.pack(">H", mid)
+    body = encode_string(topic) + struct.pack(">H", mid)
     if v5:
         body += bytes([len(properties)]) + properties
     body += payload
-    length, encoded = len(body), b""
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        encoded += bytes([byte | (0x80 if length else 0)])
-        if not length:
-            return b"\x32" + encoded + body
+    return b"\x32" + encode_length(len(body)) + body
 
 
 @pytest.fixture(params=["3.1.1", "5"])
