@@ -21,10 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,8 +39,8 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.alerts import kafka_cluster
 from benchmarks.report import report
+from benchmarks.services import child, kafka_cluster
 from bridge.config import ConnectorConfig, ErrorsConfig, KafkaTarget, MqttSource, SpoolConfig
 from firmware import wire
 from gateway.alerts.config import Topics
@@ -103,18 +101,9 @@ class BenchmarkError(RuntimeError):
 
 @contextmanager
 def _process(argv: list[str], log: Path) -> Iterator[psutil.Process]:
-    """`argv` as a child process logging to `log`; SIGTERM (then SIGKILL) afterwards."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    """`argv` as a child process logging to `log`, watched with psutil."""
+    with child(argv, log) as proc:
         yield psutil.Process(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _gateway(*args: str) -> list[str]:

@@ -12,11 +12,8 @@ Three measurements with the default rules (9 rules, 7-channel readings, 100 trai
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,10 +26,10 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from benchmarks.report import report
+from benchmarks.services import child, kafka_cluster
 from gateway.alerts.config import DEFAULT_RULES, Topics
 from gateway.alerts.engine import Engine, Reading
 from gateway.alerts.rules import load_rules
-from gateway.localkafka import LocalKafka, stop_pid
 
 __all__ = ["main"]
 
@@ -83,36 +80,13 @@ def engine_rate() -> dict[str, object]:
 
 
 @contextmanager
-def kafka_cluster(home: Path) -> Iterator[str]:
-    """KAFKA_BOOTSTRAP_SERVERS, or a private broker for the duration of the benchmark."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    broker = LocalKafka.on_free_ports(home, heap="1g")
-    proc = broker.start()
-    try:
-        yield broker.bootstrap_servers
-    finally:
-        stop_pid(proc.pid)
-
-
-@contextmanager
 def alert_process(bootstrap: str, prefix: str, log: Path) -> Iterator[None]:
     """One `trackside alerts run` subprocess with the default rules."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "alerts", "run", "--bootstrap-servers", bootstrap,
-             "--topic-prefix", prefix, "--group-id", f"{prefix}-alerts",
-             "--transactional-id", f"{prefix}-alerts-0"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    argv = [sys.executable, "-m", "gateway", "alerts", "run", "--bootstrap-servers", bootstrap,
+            "--topic-prefix", prefix, "--group-id", f"{prefix}-alerts",
+            "--transactional-id", f"{prefix}-alerts-0"]  # fmt: skip
+    with child(argv, log):
         yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
 
 
 def service_rate(bootstrap: str, log: Path) -> dict[str, object]:

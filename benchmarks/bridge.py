@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,9 +36,9 @@ import yaml
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from benchmarks.alerts import kafka_cluster
 from benchmarks.mqtt_load import Publisher, prepare_session
 from benchmarks.report import report
+from benchmarks.services import child, kafka_cluster
 from firmware import wire
 from gateway.localkafka import free_port
 from gateway.mosquitto import mosquitto_binary, mosquitto_config
@@ -163,9 +161,7 @@ def mosquitto(home: Path) -> Iterator[int]:
     port = free_port()
     conf = home / "mosquitto.conf"
     conf.write_text(mosquitto_config(port, home, "autosave_interval 0\n"))
-    with (home / "mosquitto.log").open("ab") as log:
-        proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
-    try:
+    with child([mosquitto_binary(), "-c", str(conf)], home / "mosquitto.log") as proc:
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -176,27 +172,17 @@ def mosquitto(home: Path) -> Iterator[int]:
                     raise
                 time.sleep(0.1)
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @contextmanager
 def running(contender: Contender, leg: Leg) -> Iterator[Sampler]:
     """The contender as a process with a sampler; SIGTERM (then SIGKILL) afterwards."""
-    with (leg.home / f"{leg.prefix}.log").open("ab") as log:
-        proc = subprocess.Popen(contender.argv(leg), cwd=ROOT, stdout=log, stderr=log)
-    sampler = Sampler(psutil.Process(proc.pid))
-    try:
-        yield sampler
-    finally:
-        sampler.stop()
-        proc.send_signal(signal.SIGTERM)
+    with child(contender.argv(leg), leg.home / f"{leg.prefix}.log", cwd=ROOT) as proc:
+        sampler = Sampler(psutil.Process(proc.pid))
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+            yield sampler
+        finally:
+            sampler.stop()
 
 
 class Kafka:
