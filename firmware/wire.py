@@ -1,5 +1,6 @@
-# Trackside wire format v1: one sensor reading in at most 32 bytes.
-# Runs unchanged on CPython and MicroPython; the bridge imports this very file.
+# Trackside wire format v1: one sensor reading in at most 32 bytes: the channel table and the
+# encoder. Runs unchanged on CPython and MicroPython; the bridge imports this very file, and its
+# decoder (bridge/wire_decoder.py, not loaded on the boards) reads the same table.
 # Specified byte by byte in docs/wire-format.md.
 import struct
 
@@ -22,12 +23,12 @@ CHANNEL_IDS = {c[0]: i for i, c in enumerate(CHANNELS)}
 
 HEADER = ">BBIHIHIH"  # version, flags, device id, boot id, seq, ts high 16, ts low 32, mask
 HEADER_SIZE = 20
-MAX_FRAME = 64
+MAX_FRAME = 64  # decoders reject longer frames
 MAX_TIMESTAMP = (1 << 48) - 1
 
 
 class WireError(ValueError):
-    """The one error raised for a frame that cannot be encoded or decoded."""
+    """The one error raised for a reading that cannot be encoded or a frame not decoded."""
 
 
 def encode(device_id, boot_id, seq, timestamp_ms, values, flags=FLAG_WALL_CLOCK):
@@ -61,40 +62,6 @@ def encode(device_id, boot_id, seq, timestamp_ms, values, flags=FLAG_WALL_CLOCK)
             frame[pos + 1] = v & 0xFF
             pos += 2
     return bytes(frame)
-
-
-def decode(frame):
-    """Decode one frame into (flags, device_id, boot_id, seq, timestamp_ms, values).
-
-    values maps channel names to scaled integers. Raises WireError, and only
-    WireError, on anything that is not a well-formed v1 frame.
-    """
-    if not isinstance(frame, (bytes, bytearray, memoryview)):
-        raise WireError("frame must be bytes")
-    n = len(frame)
-    if n < HEADER_SIZE:
-        raise WireError("truncated: %d bytes, header needs %d" % (n, HEADER_SIZE))
-    if n > MAX_FRAME:
-        raise WireError("oversized: %d bytes, at most %d" % (n, MAX_FRAME))
-    version, flags, device_id, boot_id, seq, ts_hi, ts_lo, mask = struct.unpack_from(
-        HEADER, frame, 0
-    )
-    if version != VERSION:
-        raise WireError("unsupported version %d" % version)
-    values = {}
-    pos = HEADER_SIZE
-    for i in range(len(CHANNELS)):
-        if mask >> i & 1:
-            name, code, _ = CHANNELS[i]
-            if pos + 2 > n:
-                raise WireError("truncated: channel %s missing" % name)
-            v = frame[pos] << 8 | frame[pos + 1]
-            values[name] = v - 0x10000 if code == "h" and v & 0x8000 else v
-            pos += 2
-    # A channel newer than this decoder: it and everything after it is for newer decoders.
-    if pos != n and not mask >> len(CHANNELS):
-        raise WireError("trailing bytes: %d after the last channel" % (n - pos))
-    return flags, device_id, boot_id, seq, (ts_hi << 32) | ts_lo, values
 
 
 def scale(name):

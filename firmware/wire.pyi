@@ -3,6 +3,7 @@ VERSION: int
 FLAG_WALL_CLOCK: int
 CHANNELS: tuple[tuple[str, str, int], ...]
 CHANNEL_IDS: dict[str, int]
+HEADER: str
 HEADER_SIZE: int
 MAX_FRAME: int
 MAX_TIMESTAMP: int
@@ -17,7 +18,4 @@ def encode(
     values: dict[str, int],
     flags: int = ...,
 ) -> bytes: ...
-def decode(
-    frame: bytes | bytearray | memoryview,
-) -> tuple[int, int, int, int, int, dict[str, int]]: ...
 def scale(name: str) -> int: ...

@@ -5,7 +5,7 @@ faults. The simulator adds faults of the device and the network:
 
 - `clock_skew`: from its start the device's clock runs `CLOCK_SKEW_MS` behind (time sync lost).
 - `malformed_frames`: from its start every `MALFORMED_EVERY`th reading is followed by a frame
-  that `firmware.wire.decode` rejects (truncated, wrong version, oversized, trailing bytes,
+  that `bridge.wire_decoder.decode` rejects (truncated, wrong version, oversized, trailing bytes,
   random bytes), on the device's own telemetry topic.
 - `reconnect_storm`: fleet-wide; at its start every MQTT connection drops and reconnects at once.
 """
@@ -37,7 +37,7 @@ MALFORMED_EVERY = 5
 
 
 def malformed_frame(good: bytes, n: int, rng: random.Random) -> bytes:
-    """The n-th broken variant of a good frame; each kind fails `wire.decode` for its reason."""
+    """The n-th broken variant of a good frame; each kind fails `decode` for its reason."""
     kind = n % 5
     if kind == 0:
         return good[: rng.randrange(1, 20)]  # truncated inside the header

@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from firmware import wire
+from bridge.wire_decoder import Reading, decode
 from tests.fixtures.micropython import UnixDevice
 from tests.fixtures.mqtt import BrokerHandle
 
@@ -53,9 +53,9 @@ class Observer:
         with self._lock:
             return [p for t, p, at in self.messages if t == topic and at >= since]
 
-    def readings(self, since: float = 0.0) -> list[tuple[int, int, int, int, int, dict[str, int]]]:
-        """Telemetry decoded with the shared codec."""
-        return [wire.decode(p) for p in self.payloads("telemetry", since)]
+    def readings(self, since: float = 0.0) -> list[Reading]:
+        """Telemetry decoded as the bridge decodes it."""
+        return [decode(p) for p in self.payloads("telemetry", since)]
 
     def json(self, leaf: str, since: float = 0.0) -> list[dict[str, Any]]:
         """JSON messages on `leaf` (status, reply)."""

@@ -1,4 +1,4 @@
-"""The same vectors through the same codec file on the MicroPython unix port and on CPython."""
+"""The same vectors through the same encoder file on the MicroPython unix port and on CPython."""
 
 from __future__ import annotations
 
@@ -35,15 +35,9 @@ def _run(interpreter: Path | str) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-def test_vectors_decode_and_encode_identically_on_both_interpreters() -> None:
+def test_vectors_encode_identically_on_both_interpreters() -> None:
     on_micropython = _run(micropython())
-    on_cpython = _run(sys.executable)
     vectors = json.loads(VECTORS.read_text())
-    assert len(on_micropython) == len(vectors["valid"]) + len(vectors["invalid"])
-    assert on_micropython == on_cpython
-    for result, vector in zip(on_micropython, vectors["valid"], strict=False):
-        assert "error" not in result["decoded"], result
-        if "encoded" in result:
-            assert result["encoded"] == vector["hex"]
-    for result in on_micropython[len(vectors["valid"]) :]:
-        assert "error" in result["decoded"], result
+    encodable = [v for v in vectors["valid"] if v.get("encodable", True)]
+    assert on_micropython == _run(sys.executable)
+    assert on_micropython == [{"name": v["name"], "encoded": v["hex"]} for v in encodable]

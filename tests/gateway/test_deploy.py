@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from firmware import wire
+from bridge.wire_decoder import decode
 from gateway.cli import app
 from gateway.devicetools import DeployError, PortBusyError, PortNotFoundError
 from gateway.devicetools.deploy import (
@@ -179,7 +179,7 @@ def test_deploy_reset_readings_arrive(
         print(f"deploy to the virtual board: {deploy_seconds:.2f} s (CLI run {cli_seconds:.1f} s)")
 
         first = sink.wait_for(3)
-        decoded = [wire.decode(payload) for _, payload in first]
+        decoded = [decode(payload) for _, payload in first]
         assert {topic for topic, _ in first} == {f"trackside/v1/{train_id}/4242/telemetry"}
         assert {reading[1] for reading in decoded} == {4242}  # device id in the wire header
         config = json.loads((virtual_board.root / CONFIG_FILE).read_text())
@@ -192,7 +192,7 @@ def test_deploy_reset_readings_arrive(
         old_boot = decoded[0][2]
         deadline = time.monotonic() + 60
         while True:
-            boots = {wire.decode(p)[2] for topic, p in sink.readings if "/42/" in topic}
+            boots = {decode(p)[2] for topic, p in sink.readings if "/42/" in topic}
             if boots - {old_boot}:
                 break
             assert time.monotonic() < deadline, "no reading from the redeployed device 42"

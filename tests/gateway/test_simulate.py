@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from bridge.wire_decoder import decode
 from firmware import wire
 from gateway.simulate.device import SimDevice
 from gateway.simulate.fleet import FaultAssignment, FleetSpec, SimulateError, fleet_spec
@@ -68,7 +69,7 @@ def test_faults_reach_only_their_train() -> None:
 def test_readings_decode_with_contiguous_seq_and_skewed_clock() -> None:
     spec = fleet_spec(trains=1, faults=(FaultAssignment.parse("clock_skew@3"),))
     device = SimDevice(spec.devices()[0], "trackside", step_s=1.0)
-    decoded = [wire.decode(device.reading(1_767_225_600_000)[0]) for _ in range(5)]
+    decoded = [decode(device.reading(1_767_225_600_000)[0]) for _ in range(5)]
     assert [d[3] for d in decoded] == [0, 1, 2, 3, 4]
     assert {d[1] for d in decoded} == {10101} and {d[2] for d in decoded} == {device.boot_id}
     assert [d[4] - 1_767_225_600_000 for d in decoded] == [0, 0, CLOCK_SKEW_MS, CLOCK_SKEW_MS,
@@ -80,7 +81,7 @@ def test_readings_decode_with_contiguous_seq_and_skewed_clock() -> None:
 def test_malformed_frames_are_rejected_by_the_codec(n: int) -> None:
     good = wire.encode(10101, 7, n, 1_767_225_600_000, {"engine_temp": 873, "speed": 1234})
     with pytest.raises(wire.WireError):
-        wire.decode(malformed_frame(good, n, random.Random(n)))
+        decode(malformed_frame(good, n, random.Random(n)))
 
 
 def test_commands_behave_as_the_firmware() -> None:

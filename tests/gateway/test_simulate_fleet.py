@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge.wire_decoder import decode
 from firmware import wire
 from gateway.simulate import BrokerAddress, FastFleet, FaultAssignment, FleetSpec, run_fleet
 from gateway.simulate.firmware_mode import FirmwareFleet
@@ -58,7 +59,7 @@ class Subscriber:
         rejected = 0
         for msg in self.on("/telemetry"):
             try:
-                reading = wire.decode(msg.payload)
+                reading = decode(msg.payload)
             except wire.WireError:
                 rejected += 1
                 continue
