@@ -15,6 +15,10 @@ test: lint
 	.venv/bin/pytest
 
 # Benchmarks print a table and write benchmarks/results/<name>.json (see docs/benchmarks.md).
-bench: setup
-	.venv/bin/pip install -q -e '.[dev,bench]'
+bench:
+	scripts/bootstrap.sh --bench
 	.venv/bin/python -m benchmarks.bridge
+	.venv/bin/python -m benchmarks.alert_latency
+	.venv/bin/python -m benchmarks.alerts
+	.venv/bin/python -m benchmarks.simulator
+	.venv/bin/python -m benchmarks.firmware

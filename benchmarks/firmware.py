@@ -3,12 +3,15 @@
 Run: `python -m benchmarks.firmware`. Boots the real firmware (compiled as on a board) on the
 MicroPython unix port and plays one scenario: the broker is down at boot, so the device samples
 every 20 ms until its outbox is full and it has dropped readings; then a private Mosquitto
-starts, the device connects, drains the outbox and sends READINGS more readings. Measured:
+starts, the device connects, drains the outbox and sends READINGS more readings. Modules are
+imported as on a board (`sys.path[0]` is ''). Measured, on the unix port from PyPI (64-bit) and
+on the same port built for 32-bit x86 (benchmarks/micropython32.py), as the boards are:
 
-- live heap: `gc.mem_alloc()` right after a `gc.collect()`, at the end of every service round
-  (what the app holds: code, objects, the full outbox), its high-water over the scenario;
-- heap high-water: `gc.mem_alloc()` at the end of every service round before that collection
-  (live heap plus the garbage of one round), run in a heap too large to need a collection;
+- app heap: `gc.mem_alloc()` right after a `gc.collect()`, at the end of every service round
+  (what the app holds: code, objects, the full outbox), its high-water over the scenario, less
+  what the interpreter held before the app was imported (also reported);
+- incl. garbage: `gc.mem_alloc()` at the end of every service round before that collection
+  (the app heap plus the garbage of one round), run in a heap too large to need a collection;
 - smallest heap: the smallest fixed heap (`-X heapsize`, 1 KiB steps) in which the unmodified
   app (no extra collections) completes the scenario.
 """
@@ -18,8 +21,10 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.micropython32 import VERSION, micropython32
 from benchmarks.report import report
 from firmware import wire
 from firmware.model import TrainModel
@@ -38,7 +43,11 @@ MEASURE_HEAP_KIB = 256  # large enough that the measuring run never collects on 
 # exits once READINGS more are acknowledged. With MEASURE set it records gc.mem_alloc()
 # before and after a gc.collect() at the end of every round.
 PROBE = """
-import gc, app
+import gc, sys
+sys.path[0] = ""  # import as a board does: a module is 'app.mpy', not this folder's long path
+gc.collect()
+BASE = gc.mem_alloc()  # the interpreter and this probe, before the app
+import app
 MEASURE = {measure}
 peak = [0, 0, -1]  # live, with garbage, seq when the outbox was full
 service = app.App.service
@@ -52,7 +61,7 @@ def probed(self):
         peak[2] = self.seq
         print("FULL", len(self.outbox))
     elif peak[2] >= 0 and self.seq >= peak[2] + {readings} and not len(self.outbox):
-        print("HEAP", peak[0], peak[1])
+        print("HEAP", BASE, peak[0] - BASE, peak[1] - BASE)
         raise SystemExit
 app.App.service = probed
 import main
@@ -94,10 +103,20 @@ def mpy_sizes() -> list[dict[str, object]]:
     return rows
 
 
-def scenario(tmp: Path, heap_kib: int, measure: bool) -> tuple[int, int] | None:
-    """Play the scenario in a `heap_kib` heap: (live, with garbage) peaks, None if it failed."""
+@dataclass(frozen=True)
+class Heap:
+    """gc.mem_alloc() figures of one measuring run, in bytes."""
+
+    base: int  # the interpreter and the probe, before the app is imported
+    live: int  # the app's live heap high-water, above `base`
+    garbage: int  # the same with one service round's garbage
+
+
+def scenario(micropython: Path, tmp: Path, heap_kib: int, measure: bool) -> Heap | None:
+    """Play the scenario in a `heap_kib` heap: the heap figures (zero unless `measure`), or
+    None if the app did not complete it."""
     port = free_port()
-    board = layout_board(tmp / f"board-{heap_kib}-{measure}", {
+    board = layout_board(tmp / f"board-{micropython.parent.name}-{heap_kib}-{measure}", {
         "device_id": 42, "train_id": "BENCH", "board": "unix", "sample_ms": 20,
         "broker": {"host": "127.0.0.1", "port": port}, "backoff_ms": [100, 300]})
     (board / "probe.py").write_text(PROBE.format(measure=measure, drops=DROPS,
@@ -105,9 +124,8 @@ def scenario(tmp: Path, heap_kib: int, measure: bool) -> tuple[int, int] | None:
     conf = board / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
     device = subprocess.Popen(
-        [micropython_binary(), "-X", f"heapsize={heap_kib}K", "probe.py"], cwd=board,
-        env={"MICROPYPATH": f"{board}:{board / 'lib'}"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        [micropython, "-X", f"heapsize={heap_kib}K", "probe.py"], cwd=board,
+        env={"MICROPYPATH": "lib"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     broker = None
     deadline = time.monotonic() + 120
@@ -118,8 +136,7 @@ def scenario(tmp: Path, heap_kib: int, measure: bool) -> tuple[int, int] | None:
                 broker = subprocess.Popen([mosquitto_binary(), "-c", str(conf)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             elif line.startswith("HEAP"):
-                live, garbage = line.split()[1:3]
-                return int(live), int(garbage)
+                return Heap(*(int(n) for n in line.split()[1:4]))
             if time.monotonic() > deadline:
                 break
         return None
@@ -131,44 +148,50 @@ def scenario(tmp: Path, heap_kib: int, measure: bool) -> tuple[int, int] | None:
             broker.wait(10)
 
 
-def smallest_heap(tmp: Path, low_kib: int, high_kib: int) -> int | None:
+def smallest_heap(micropython: Path, tmp: Path, low_kib: int, high_kib: int) -> int | None:
     """Bisect the smallest heap (KiB) the app completes the scenario in; None: not even high."""
-    if scenario(tmp, high_kib, measure=False) is None:
+    if scenario(micropython, tmp, high_kib, measure=False) is None:
         return None
     while high_kib - low_kib > 1:  # invariant: high runs, low does not (or is untested)
         mid = (low_kib + high_kib) // 2
-        if scenario(tmp, mid, measure=False) is None:
+        if scenario(micropython, tmp, mid, measure=False) is None:
             low_kib = mid
         else:
             high_kib = mid
     return high_kib
 
 
-def heap(tmp: Path) -> list[dict[str, object]]:
+def heap(micropython: Path, build: str, tmp: Path) -> list[dict[str, object]]:
     """Live and one-round heap high-water in a large heap, and the smallest heap."""
-    peaks = scenario(tmp, MEASURE_HEAP_KIB, measure=True)
-    if peaks is None:
+    measured = scenario(micropython, tmp, MEASURE_HEAP_KIB, measure=True)
+    if measured is None:
         raise SystemExit("the firmware did not complete the scenario: see its output above")
-    smallest = smallest_heap(tmp, 16, 96)
+    smallest = smallest_heap(micropython, tmp, 8, 96)
     return [
-        {"what": "live heap high-water, outbox full, unix port (64-bit)", "bytes": peaks[0]},
-        {"what": "heap high-water incl. one service round's garbage", "bytes": peaks[1]},
-        {"what": "smallest fixed heap the scenario runs in", "bytes": smallest and smallest * 1024},
+        {"what": f"app heap high-water, outbox full, {build}", "bytes": measured.live},
+        {"what": f"  incl. one service round's garbage, {build}", "bytes": measured.garbage},
+        {"what": f"  interpreter before the app, {build}", "bytes": measured.base},
+        {"what": f"smallest fixed heap the scenario runs in, {build}",
+         "bytes": smallest and smallest * 1024},
     ]
 
 
 def main() -> None:
     """Measure and report."""
     with tempfile.TemporaryDirectory() as tmp:
-        rows = reading_sizes() + mpy_sizes() + heap(Path(tmp))
+        rows = reading_sizes() + mpy_sizes()
+        rows += heap(micropython_binary(), "unix port", Path(tmp))
+        rows += heap(micropython32(), "unix port built 32-bit", Path(tmp))
     report(
         "firmware",
         "Firmware footprint",
         rows,
         notes="Targets: reading <= 32 B, heap < 40 KB, compiled app < 32 KB. Heap: boot with "
         f"the broker down, fill the outbox and drop {DROPS}, connect, drain, {READINGS} more "
-        "readings. The unix port is 64-bit: its objects take about twice the bytes they take "
-        "on the 32-bit boards.",
+        "readings; the app's heap is what gc.mem_alloc() shows above the interpreter's own. "
+        "The unix port from PyPI is 64-bit, its objects take about twice the bytes they take "
+        f"on the 32-bit boards; the 32-bit rows are MicroPython {VERSION}'s unix port built "
+        "for 32-bit x86 (benchmarks/micropython32.py).",
     )
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine for Trackside: virtual environment, Python packages, Debian's
 # Mosquitto and Chromium, Apache Kafka's jars, MicroPython libraries. Safe to run again.
+# With --bench also what the benchmarks need: the bench extra, and gcc-multilib to build the
+# 32-bit MicroPython unix port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +42,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[dev]'
   touch "$stamp"
+fi
+
+if [ "${1:-}" = --bench ]; then
+  echo 'int main(void) { return 0; }' | gcc -m32 -x c - -o /dev/null 2>/dev/null || apt_install gcc-multilib
+  say "Installing the benchmarks' Python packages into .venv"
+  .venv/bin/pip install -q -e '.[dev,bench]'
 fi
 
 say "Resolving Apache Kafka's jars (cached after the first run)"

@@ -33,7 +33,7 @@ def _last_seq(observer: Observer) -> int:
     return max((r[3] for r in observer.readings()), default=-1)
 
 
-def test_readings_decode_with_the_shared_codec(
+def test_readings_decode_as_the_bridge_decodes_them(
     mqtt_broker: BrokerHandle, unix_device: Boot, observe: Observe
 ) -> None:
     obs = _booted(mqtt_broker, unix_device, observe)
