@@ -166,7 +166,7 @@ def test_fault_to_alert_to_disable_and_back(
     row = page.locator(f'.train[data-train="{train}"]')
     expect(row.locator(".status")).to_have_text("disabled", timeout=30_000)
     expect(row.locator(".badge.maint")).to_have_text("maintenance")
-    key = f"{train}/bearing_critical/bearing_left_temp"
+    key = f"{train}/bearing_critical/42/bearing_left_temp"
     alert = page.locator(f'.alert[data-key="{key}"]')
     alert.locator("button.act").click()
     page.fill("#login-by", "Ana")

@@ -23,11 +23,20 @@ from gateway.alerts.rules import (
     StaleRule,
     ThresholdRule,
 )
-from gateway.alerts.state import DeviceSeen, Maintenance, RuleState, StateStore, seen_key
+from gateway.alerts.state import (
+    DeviceSeen,
+    Maintenance,
+    RuleState,
+    StateStore,
+    rule_key,
+    seen_key,
+)
 
 __all__ = ["Effects", "Engine", "Reading"]
 
 log = logging.getLogger(__name__)
+
+STALE_SENSOR = "readings"  # the sensor of a stale rule's state: what stopped coming
 
 
 @dataclass(frozen=True)
@@ -103,9 +112,9 @@ class Engine:
         store.touch(seen_key(*device))
         for rule in self.level_rules:
             for state, measure in self._measures(rule, reading):
-                self._step(rule, state, measure, reading.ts_ms, reading.device_id)
+                self._step(rule, state, measure, reading.ts_ms)
         for stale in self.stale_rules:
-            key = f"{reading.train_id}/{stale.name}/device-{reading.device_id}"
+            key = rule_key(reading.train_id, stale.name, reading.device_id, STALE_SENSOR)
             stale_state = store.rules.get(key)
             if stale_state is not None and stale_state.state == "firing":
                 self._resolve(stale, stale_state, 0.0, reading.ts_ms, "reports again")
@@ -124,9 +133,8 @@ class Engine:
         silent_s = (now_ms - seen.arrival_ms) / 1000 if seen is not None else 0.0
         for rule in self.stale_rules:
             if rule.on_last_will:
-                state = self.store.rule(train_id, rule.name, f"device-{device_id}")
+                state = self.store.rule(train_id, rule.name, device_id, STALE_SENSOR)
                 if state.state != "firing":
-                    state.device_id = device_id
                     state.since_ms = seen.arrival_ms if seen is not None else now_ms
                     self._fire(rule, state, silent_s, now_ms, "went offline (last will)")
 
@@ -138,9 +146,10 @@ class Engine:
                 silent_ms = now_ms - seen.arrival_ms
                 if silent_ms < after_ms or seen.disabled:
                     continue
-                state = self.store.rule(seen.train_id, rule.name, f"device-{seen.device_id}")
+                state = self.store.rule(
+                    seen.train_id, rule.name, seen.device_id, STALE_SENSOR
+                )
                 if state.state != "firing":
-                    state.device_id = seen.device_id
                     state.since_ms = seen.arrival_ms
                     self._fire(rule, state, silent_ms / 1000, now_ms, "sent nothing")
 
@@ -161,7 +170,7 @@ class Engine:
     def _measures(
         self, rule: ThresholdRule | RateRule | PairRule, reading: Reading
     ) -> Iterator[tuple[RuleState, float]]:
-        values = reading.values
+        values, store, device_id = reading.values, self.store, reading.device_id
         if isinstance(rule, ThresholdRule):
             offset = 0.0
             if rule.relative_to is not None:
@@ -170,17 +179,17 @@ class Engine:
                 offset = values[rule.relative_to]
             for channel in rule.channels:
                 if channel in values:
-                    state = self.store.rule(reading.train_id, rule.name, channel)
+                    state = store.rule(reading.train_id, rule.name, device_id, channel)
                     yield state, values[channel] - offset
         elif isinstance(rule, PairRule):
             for left, right in rule.pairs:
                 if left in values and right in values:
-                    state = self.store.rule(reading.train_id, rule.name, f"{left}-{right}")
+                    state = store.rule(reading.train_id, rule.name, device_id, f"{left}-{right}")
                     yield state, abs(values[left] - values[right])
         else:
             for channel in rule.channels:
                 if channel in values:
-                    state = self.store.rule(reading.train_id, rule.name, channel)
+                    state = store.rule(reading.train_id, rule.name, device_id, channel)
                     rise = self._rise(rule, state, values[channel], reading.ts_ms)
                     if rise is not None:
                         yield state, rise
@@ -199,9 +208,7 @@ class Engine:
         self.store.touch(state.key)
         return rise
 
-    def _step(
-        self, rule: LevelRule, state: RuleState, measure: float, ts_ms: int, device_id: int
-    ) -> None:
+    def _step(self, rule: LevelRule, state: RuleState, measure: float, ts_ms: int) -> None:
         if state.state == "firing":
             if rule.cleared(measure):
                 self._resolve(rule, state, measure, ts_ms, "")
@@ -212,10 +219,9 @@ class Engine:
                 self.store.touch(state.key)
             return
         if state.state != "pending" or state.since_ms is None or ts_ms < state.since_ms:
-            state.state, state.since_ms, state.device_id = "pending", ts_ms, device_id
+            state.state, state.since_ms = "pending", ts_ms
             self.store.touch(state.key)
         if ts_ms - state.since_ms >= rule.for_s * 1000:
-            state.device_id = device_id
             self._fire(rule, state, measure, ts_ms, "")
 
     # -- transitions ----------------------------------------------------------------------

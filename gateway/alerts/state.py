@@ -1,14 +1,16 @@
 """What the alert engine remembers, and its JSON form in the compacted topics.
 
-`trackside.alert-state` holds one record per `{train_id}/{rule}/{sensor}` (a `RuleState`) and
-one per `{train_id}/_seen/{device_id}` (a `DeviceSeen`: the newest reading of a device, for
-duplicate removal and stale detection). `trackside.maintenance` holds one `Maintenance` per
+`trackside.alert-state` holds one record per `{train_id}/{rule}/{device_id}/{sensor}` (a
+`RuleState`: a train may carry several boards that measure the same channel, each judged on its
+own) and one per `{train_id}/_seen/{device_id}` (a `DeviceSeen`: the newest reading of a device,
+for duplicate removal and stale detection). `trackside.maintenance` holds one `Maintenance` per
 train. Only records that changed are written, once per transaction.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -23,13 +25,15 @@ __all__ = [
     "seen_key",
 ]
 
+log = logging.getLogger(__name__)
+
 StateName = Literal["inactive", "pending", "firing", "resolved"]
 SEEN = "_seen"  # the reserved rule part of a DeviceSeen key; rule names cannot start with "_"
 
 
-def rule_key(train_id: str, rule: str, sensor: str) -> str:
+def rule_key(train_id: str, rule: str, device_id: int, sensor: str) -> str:
     """The key of a rule's state and of its alert events."""
-    return f"{train_id}/{rule}/{sensor}"
+    return f"{train_id}/{rule}/{device_id}/{sensor}"
 
 
 def seen_key(train_id: str, device_id: int) -> str:
@@ -39,13 +43,13 @@ def seen_key(train_id: str, device_id: int) -> str:
 
 @dataclass
 class RuleState:
-    """One rule for one sensor of one train: inactive -> pending -> firing -> resolved."""
+    """One rule for one sensor of one device: inactive -> pending -> firing -> resolved."""
 
     train_id: str
     rule: str
+    device_id: int
     sensor: str
     state: StateName = "inactive"
-    device_id: int | None = None
     since_ms: int | None = None
     value: float | None = None
     ts_ms: int | None = None
@@ -56,8 +60,8 @@ class RuleState:
 
     @property
     def key(self) -> str:
-        """`{train_id}/{rule}/{sensor}`."""
-        return rule_key(self.train_id, self.rule, self.sensor)
+        """`{train_id}/{rule}/{device_id}/{sensor}`."""
+        return rule_key(self.train_id, self.rule, self.device_id, self.sensor)
 
 
 @dataclass
@@ -93,12 +97,12 @@ class StateStore:
     maintenance: dict[str, Maintenance] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
 
-    def rule(self, train_id: str, rule: str, sensor: str) -> RuleState:
-        """The state of `rule` for `sensor` of `train_id`, inactive when never seen."""
-        key = rule_key(train_id, rule, sensor)
+    def rule(self, train_id: str, rule: str, device_id: int, sensor: str) -> RuleState:
+        """The state of `rule` for `sensor` of one device, inactive when never seen."""
+        key = rule_key(train_id, rule, device_id, sensor)
         state = self.rules.get(key)
         if state is None:
-            state = self.rules[key] = RuleState(train_id, rule, sensor)
+            state = self.rules[key] = RuleState(train_id, rule, device_id, sensor)
         return state
 
     def touch(self, key: str) -> None:
@@ -124,7 +128,11 @@ class StateStore:
             seen = DeviceSeen(**data)
             self.devices[(seen.train_id, seen.device_id)] = seen
         else:
-            self.rules[key] = RuleState(**data)
+            state = RuleState(**data)
+            if state.key == key:
+                self.rules[key] = state
+            else:  # written under an earlier key layout: its state is not this one's
+                log.info("ignored the alert state under %r (key layout of an earlier release)", key)
 
     def restore_maintenance(self, value: bytes) -> None:
         """Load one record of the maintenance topic."""

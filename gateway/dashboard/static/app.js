@@ -150,7 +150,7 @@ function alertItem(alert, withTrain) {
     h("div", { class: "alert-head" },
       h("span", { class: "sev" }, alert.severity),
       withTrain ? h("a", { class: "train-link", href: `#/train/${encodeURIComponent(alert.train_id)}` }, alert.train_id) : null,
-      h("span", { class: "rule" }, `${alert.rule} · ${alert.sensor}`),
+      h("span", { class: "rule" }, `${alert.rule} · ${alert.sensor} · device ${alert.device_id}`),
       h("span", { class: "state" }, alert.state)),
     h("div", { class: "alert-msg" }, alert.message || ""),
     h("div", { class: "alert-foot" },
@@ -244,7 +244,7 @@ function trainView(trainId) {
       train.alert_history.length
         ? h("ol", { class: "history" }, train.alert_history.map((e) =>
           h("li", { class: `st-${e.state}` },
-            h("time", {}, clock(e.ts_ms)), " ", h("b", {}, e.state), ` ${e.rule} · ${e.sensor}: ${e.message || ""}`,
+            h("time", {}, clock(e.ts_ms)), " ", h("b", {}, e.state), ` ${e.rule} · ${e.sensor} · device ${e.device_id}: ${e.message || ""}`,
             e.acked_by ? ` (by ${e.acked_by})` : "")))
         : h("p", { class: "empty" }, "No alerts so far.")),
   ];

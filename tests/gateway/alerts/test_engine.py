@@ -158,7 +158,11 @@ def test_stale_data_by_timer_and_by_last_will() -> None:
     engine.tick(31_000)
     engine.tick(40_000)  # already firing: no second event
     (firing,) = engine.drain().alerts
-    assert (firing["state"], firing["key"], firing["value"]) == ("firing", "T1/stale/device-7", 30)
+    assert (firing["state"], firing["key"], firing["value"]) == (
+        "firing",
+        "T1/stale/7/readings",
+        30,
+    )
     assert firing["since_ms"] == 1_000
     engine.reading(Reading("T1", 7, 1, 1, 41_000, {L: 20}), arrival_ms=41_000)
     assert [a["state"] for a in engine.drain().alerts] == ["resolved"]
@@ -190,7 +194,7 @@ def test_policy_flags_the_train_disables_it_and_a_clear_enables_it() -> None:
         {
             "train_id": "T1",
             "flagged": True,
-            "reason": "T1/hot/bearing_left_temp",
+            "reason": "T1/hot/7/bearing_left_temp",
             "since_ms": 0,
             "by": "alerts",
             "disabled": True,
@@ -212,7 +216,7 @@ def test_policy_flags_the_train_disables_it_and_a_clear_enables_it() -> None:
 def test_a_warning_does_not_flag_unless_the_rule_says_so() -> None:
     engine = _engine(HOT, {**HOT, "name": "hot_flag", "flag": True})
     out = _feed(engine, _series(L, [130]))
-    assert [m["reason"] for m in out.maintenance] == ["T1/hot_flag/bearing_left_temp"]
+    assert [m["reason"] for m in out.maintenance] == ["T1/hot_flag/7/bearing_left_temp"]
     assert out.commands == []  # disable_train is off by default
 
 
@@ -245,6 +249,29 @@ def test_restored_state_continues_where_it_stopped() -> None:
         ("r", "firing", 60_000),
     ]
     assert second.duplicates == 1
+
+
+def test_two_boards_of_one_train_are_judged_each_on_its_own() -> None:
+    engine = _engine(HOT)
+    engine.reading(Reading("T1", 7, 1, 0, 0, {L: 130}), 0)  # board 7: a hot bearing
+    engine.reading(Reading("T1", 8, 1, 0, 500, {L: 40}), 500)  # board 8: its own is cool
+    engine.reading(Reading("T1", 7, 1, 1, 1000, {L: 131}), 1000)
+    (firing,) = engine.drain().alerts  # board 8's cool reading did not resolve board 7's
+    assert (firing["key"], firing["device_id"], firing["state"]) == (
+        "T1/hot/7/bearing_left_temp",
+        7,
+        "firing",
+    )
+    engine.reading(Reading("T1", 8, 1, 1, 1500, {L: 125}), 1500)
+    assert [(a["device_id"], a["state"]) for a in engine.drain().alerts] == [(8, "firing")]
+
+
+def test_state_under_an_earlier_key_layout_is_not_restored() -> None:
+    store = StateStore()
+    old = {"train_id": "T1", "rule": "hot", "device_id": 7, "sensor": L, "state": "firing"}
+    store.restore_state("T1/hot/bearing_left_temp", json.dumps(old).encode())
+    store.restore_state("T1/hot/7/bearing_left_temp", json.dumps(old).encode())
+    assert list(store.rules) == ["T1/hot/7/bearing_left_temp"]
 
 
 def test_reading_from_json_rejects_what_is_not_a_reading() -> None:

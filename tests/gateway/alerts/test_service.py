@@ -262,7 +262,7 @@ def test_policy_disables_a_flagged_train_and_a_clear_enables_it(
         assert service.ready.wait(60)
         send(topics.telemetry, "T9", _reading("T9", 1, 131.2))
         (firing,) = alerts.wait(lambda r: len(r) == 1)
-        assert firing["key"] == "T9/bearing_hot/bearing_left_temp"
+        assert firing["key"] == "T9/bearing_hot/7/bearing_left_temp"
         assert (firing["state"], firing["severity"], firing["value"]) == (
             "firing",
             "critical",
@@ -301,7 +301,7 @@ def test_policy_disables_a_flagged_train_and_a_clear_enables_it(
         send(topics.device_status, "T9/7", {"state": "offline"})  # the last will
         send(topics.telemetry, "T9", b"garbage is skipped, not fatal")
         stale = alerts.wait(lambda r: len(r) == 3)[2]
-        assert (stale["key"], stale["state"]) == ("T9/stale/device-7", "firing")
+        assert (stale["key"], stale["state"]) == ("T9/stale/7/readings", "firing")
         assert runner.is_alive()
     finally:
         stop.set()

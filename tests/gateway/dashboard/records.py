@@ -13,7 +13,7 @@ from tests.bridge.streams import read_topic
 __all__ = ["NOW", "alert", "flag", "produce", "read_actions", "reading"]
 
 NOW = 1_767_225_600_000
-KEY = "{train}/bearing_hot/bearing_left_temp"
+KEY = "{train}/bearing_hot/42/bearing_left_temp"
 
 
 def reading(train: str, seq: int, device: int = 42, at_ms: int = NOW, **values: float) -> bytes:

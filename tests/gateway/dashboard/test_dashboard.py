@@ -15,7 +15,7 @@ from tests.gateway.dashboard.records import alert, flag, produce, read_actions, 
 
 pytestmark = pytest.mark.integration
 
-KEY = "T102/bearing_hot/bearing_left_temp"
+KEY = "T102/bearing_hot/42/bearing_left_temp"
 
 
 def _fleet(dashboard: Dashboard, trains: int = 4) -> int:
@@ -92,7 +92,7 @@ def test_fleet_shows_trains_and_a_firing_alert_arrives_without_reload(
     page.evaluate("window.notReloaded = true")
 
     # An aborted transaction is never shown (read_committed); the committed alert is.
-    _aborted_alert(dashboard, alert("T101", "firing"), "T101/bearing_hot/bearing_left_temp")
+    _aborted_alert(dashboard, alert("T101", "firing"), "T101/bearing_hot/42/bearing_left_temp")
     now_ms = int(time.time() * 1000)
     _committed_alert(dashboard, alert("T102", "firing", ts_ms=now_ms, since_ms=now_ms - 10_000))
     item = page.locator(f'.alert[data-key="{KEY}"]')

@@ -51,7 +51,7 @@ def test_device_status_sets_train_status_and_last_will_takes_it_offline() -> Non
 
 def test_alert_transitions_keep_the_latest_event_and_the_history() -> None:
     fleet = Fleet()
-    key = "T101/bearing_hot/bearing_left_temp"
+    key = "T101/bearing_hot/42/bearing_left_temp"
     _apply(fleet, "alerts", key, alert("T101", "firing"))
     assert [a["state"] for a in fleet.alerts()] == ["firing"]
     assert fleet.fleet()[0]["active_alerts"] == 1
@@ -99,7 +99,7 @@ def test_changes_name_each_touched_train_and_alert_once() -> None:
     fleet = Fleet()
     _apply(fleet, "telemetry", "T101", reading("T101", 0))
     _apply(fleet, "telemetry", "T101", reading("T101", 1))
-    _apply(fleet, "alerts", "T102/bearing_hot/bearing_left_temp", alert("T102", "firing"))
+    _apply(fleet, "alerts", "T102/bearing_hot/42/bearing_left_temp", alert("T102", "firing"))
     changes = fleet.take_changes()
     assert [t["train_id"] for t in changes.trains] == ["T101", "T102"]
     assert [a["train_id"] for a in changes.alerts] == ["T102"]
