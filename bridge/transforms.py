@@ -54,7 +54,7 @@ def template(text: str) -> Template:
 
 
 class DecodeWire:
-    """Decode wire format v1 and check that the frame's device id matches the topic's."""
+    """Decode wire format v2 and check that the frame's device id matches the topic's."""
 
     def __init__(self, step: TransformConfig, connector: ConnectorConfig) -> None:
         self.check_identity = bool((step.model_extra or {}).get("check_identity", True))

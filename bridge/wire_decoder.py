@@ -1,8 +1,8 @@
-"""Wire format v1 decoder (docs/wire-format.md): the bridge's side of `firmware/wire.py`.
+"""Wire format v2 decoder (docs/wire-format.md): the bridge's side of `firmware/wire.py`.
 
 The devices only encode, so the decoder lives here and not in the file the boards load (it
 would cost them about 0.8 KB of heap). It reads the same channel table as the encoder and is
-checked against the same vectors (tests/vectors/wire_v1.json).
+checked against the same vectors (tests/vectors/wire_v2.json).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ __all__ = ["Reading", "decode"]
 Reading = tuple[int, int, int, int, int, dict[str, int]]
 
 _HEADER = struct.Struct(HEADER)
-_KNOWN = (1 << len(CHANNELS)) - 1
-# Channel mask -> (names, struct of the values) for masks of known channels only: at most
-# 2**len(CHANNELS) entries, each built on first use.
+_MORE = 0x80  # in a mask byte: another mask byte follows
+# A one-byte channel mask (channels 0-6) -> (names, struct of the values), built on first use:
+# at most 128 entries.
 _LAYOUTS: dict[int, tuple[tuple[str, ...], struct.Struct]] = {}
 
 
 def decode(frame: bytes | bytearray | memoryview) -> Reading:
-    """Decode one frame; raises WireError, and only WireError, for anything not a v1 frame."""
+    """Decode one frame; raises WireError, and only WireError, for anything not a v2 frame."""
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise WireError("frame must be bytes")
     n = len(frame)
@@ -32,16 +32,16 @@ def decode(frame: bytes | bytearray | memoryview) -> Reading:
         raise WireError(f"truncated: {n} bytes, header needs {HEADER_SIZE}")
     if n > MAX_FRAME:
         raise WireError(f"oversized: {n} bytes, at most {MAX_FRAME}")
-    version, flags, device_id, boot_id, seq, ts_hi, ts_lo, mask = _HEADER.unpack_from(frame)
-    if version != VERSION:
-        raise WireError(f"unsupported version {version}")
-    timestamp_ms = ts_hi << 32 | ts_lo
-    layout = _LAYOUTS.get(mask) or (_layout(mask) if not mask & ~_KNOWN else None)
-    if layout is not None and n == HEADER_SIZE + layout[1].size:  # the usual case
-        names, values = layout
-        return flags, device_id, boot_id, seq, timestamp_ms, dict(
-            zip(names, values.unpack_from(frame, HEADER_SIZE), strict=True)
-        )
+    first, device_id, boot_id, seq, ts_hi, ts_lo, mask = _HEADER.unpack_from(frame)
+    if first >> 4 != VERSION:
+        raise WireError(f"unsupported version {first >> 4}")
+    flags, timestamp_ms = first & 0x0F, ts_hi << 32 | ts_lo
+    if not mask & _MORE:  # the usual case: channels 0-6 only
+        names, values = _LAYOUTS.get(mask) or _layout(mask)
+        if n == HEADER_SIZE + values.size:
+            return flags, device_id, boot_id, seq, timestamp_ms, dict(
+                zip(names, values.unpack_from(frame, HEADER_SIZE), strict=True)
+            )
     return flags, device_id, boot_id, seq, timestamp_ms, _values(frame, mask)
 
 
@@ -52,11 +52,17 @@ def _layout(mask: int) -> tuple[tuple[str, ...], struct.Struct]:
     return layout
 
 
-def _values(frame: bytes | bytearray | memoryview, mask: int) -> dict[str, int]:
-    """Channel by channel: a frame cut short, with trailing bytes, or with newer channels."""
+def _values(frame: bytes | bytearray | memoryview, first_mask: int) -> dict[str, int]:
+    """Byte by byte: a longer mask, a frame cut short or with trailing bytes."""
     n = len(frame)
+    mask, pos, shift = first_mask & ~_MORE, HEADER_SIZE, 7
+    more = first_mask & _MORE
+    while more:  # the mask's further bytes: channels 7-13, 14-20, ...
+        if pos >= n:
+            raise WireError("truncated: channel mask cut off")
+        mask |= (frame[pos] & ~_MORE) << shift
+        more, pos, shift = frame[pos] & _MORE, pos + 1, shift + 7
     values: dict[str, int] = {}
-    pos = HEADER_SIZE
     for i, (name, code, _) in enumerate(CHANNELS):
         if mask >> i & 1:
             if pos + 2 > n:
@@ -65,6 +71,6 @@ def _values(frame: bytes | bytearray | memoryview, mask: int) -> dict[str, int]:
             values[name] = v - 0x10000 if code == "h" and v & 0x8000 else v
             pos += 2
     # A channel newer than this decoder: it and everything after it is for newer decoders.
-    if pos != n and not mask & ~_KNOWN:
+    if pos != n and not mask >> len(CHANNELS):
         raise WireError(f"trailing bytes: {n - pos} after the last channel")
     return values

@@ -1,4 +1,4 @@
-# The device application: sample -> encode (wire v1) -> outbox -> MQTT QoS 1, plus status,
+# The device application: sample -> encode (wire v2) -> outbox -> MQTT QoS 1, plus status,
 # retained config and commands. Board specifics come in through `board` (board_*.py).
 import gc
 import json

@@ -1,14 +1,16 @@
-# Trackside wire format v1: one sensor reading in at most 32 bytes: the channel table and the
+# Trackside wire format v2: one sensor reading in at most 32 bytes: the channel table and the
 # encoder. Runs unchanged on CPython and MicroPython; the bridge imports this very file, and its
 # decoder (bridge/wire_decoder.py, not loaded on the boards) reads the same table.
 # Specified byte by byte in docs/wire-format.md.
 import struct
 
-VERSION = 1
+VERSION = 2  # the high 4 bits of byte 0; the low 4 bits are the flags
 FLAG_WALL_CLOCK = 1  # timestamp is UTC ms since the Unix epoch, else ms since boot
 
 # Channel table, indexed by channel id (= bit in the channel mask). New channels are only
-# ever appended, so an older decoder stops at the first id it does not know.
+# ever appended, so an older decoder stops at the first id it does not know. The mask holds 7
+# channels a byte, bit 7 set where another mask byte follows; this encoder writes the one byte
+# that channels 0-6 need (an eighth channel needs a second mask byte here first).
 # (name, struct code, scale: the integer on the wire is value * scale)
 CHANNELS = (
     ("engine_temp", "h", 10),  # degC, 0.1 steps
@@ -21,8 +23,8 @@ CHANNELS = (
 )
 CHANNEL_IDS = {c[0]: i for i, c in enumerate(CHANNELS)}
 
-HEADER = ">BBIHIHIH"  # version, flags, device id, boot id, seq, ts high 16, ts low 32, mask
-HEADER_SIZE = 20
+HEADER = ">BIHIHIB"  # version|flags, device id, boot id, seq, ts high 16, ts low 32, mask
+HEADER_SIZE = 18  # with a one-byte mask
 MAX_FRAME = 64  # decoders reject longer frames
 MAX_TIMESTAMP = (1 << 48) - 1
 
@@ -37,7 +39,7 @@ def encode(device_id, boot_id, seq, timestamp_ms, values, flags=FLAG_WALL_CLOCK)
     _check(boot_id, 0xFFFF, "boot_id")
     _check(seq, 0xFFFFFFFF, "seq")
     _check(timestamp_ms, MAX_TIMESTAMP, "timestamp_ms")
-    _check(flags, 0xFF, "flags")
+    _check(flags, 0x0F, "flags")
     mask = 0
     for name in values:
         i = CHANNEL_IDS.get(name)
@@ -46,7 +48,7 @@ def encode(device_id, boot_id, seq, timestamp_ms, values, flags=FLAG_WALL_CLOCK)
         mask |= 1 << i
     frame = bytearray(HEADER_SIZE + 2 * len(values))
     struct.pack_into(
-        HEADER, frame, 0, VERSION, flags, device_id, boot_id, seq,
+        HEADER, frame, 0, VERSION << 4 | flags, device_id, boot_id, seq,
         timestamp_ms >> 32, timestamp_ms & 0xFFFFFFFF, mask,
     )
     pos = HEADER_SIZE

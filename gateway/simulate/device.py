@@ -1,6 +1,6 @@
 """One simulated device of the fast mode: sensor model, sequence numbers, scenarios, commands.
 
-The device behaves as the firmware does on the wire: wire-format v1 readings with a boot id
+The device behaves as the firmware does on the wire: wire-format v2 readings with a boot id
 chosen at start and a sequence number counting from 0, a retained JSON status, and replies to
 `disable`/`enable`/`reboot`/`identify` commands. Publishing is left to the caller.
 """

@@ -11,7 +11,7 @@ or, to keep a fleet running next to other work::
         ...  # fleet.stats is live; fleet.devices[10101].enabled
     # or: await fleet.start() ... await fleet.stop()
 
-Each device publishes wire-format v1 readings at QoS 1 on its own telemetry topic, a retained
+Each device publishes wire-format v2 readings at QoS 1 on its own telemetry topic, a retained
 status at start (and `{"state":"offline"}` at stop), and obeys `disable`/`enable`/`reboot`/
 `identify` on its `cmd` topics, replying on `reply`. Devices share `connections` MQTT
 connections, or each has its own (`per_device_connections`, with its own last will and,

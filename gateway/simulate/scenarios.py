@@ -40,12 +40,13 @@ def malformed_frame(good: bytes, n: int, rng: random.Random) -> bytes:
     """The n-th broken variant of a good frame; each kind fails `decode` for its reason."""
     kind = n % 5
     if kind == 0:
-        return good[: rng.randrange(1, 20)]  # truncated inside the header
-    if kind == 1:
-        return bytes([rng.randrange(2, 256)]) + good[1:]  # unsupported version
+        return good[: rng.randrange(1, wire.HEADER_SIZE)]  # truncated inside the header
+    if kind == 1:  # unsupported version: any but wire.VERSION in the high 4 bits of byte 0
+        version = rng.choice([v for v in range(16) if v != wire.VERSION])
+        return bytes([version << 4 | good[0] & 0x0F]) + good[1:]
     if kind == 2:
         return good + bytes(wire.MAX_FRAME + 1 - len(good))  # oversized
     if kind == 3:
         return good + b"\x00"  # trailing bytes after the last known channel
-    # random bytes that never start with version 1
+    # random bytes that never start with a valid version byte
     return bytes([0]) + rng.randbytes(rng.randrange(0, wire.MAX_FRAME))

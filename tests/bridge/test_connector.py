@@ -77,9 +77,9 @@ def test_garbage_goes_to_the_dead_letter_topic_and_the_bridge_keeps_running(
     connector = _started_connector(tmp_path, mqtt_broker, kafka.bootstrap_servers, name)
     good = wire.encode(7, 1, 0, 1, {"engine_temp": 1})
     bad = {
-        "random bytes": os.urandom(40),
-        "truncated": good[:21],
-        "unsupported version": b"\x09" + good[1:],
+        "random bytes": b"\x00" + os.urandom(39),  # version 0: never a frame by chance
+        "truncated": good[:19],
+        "unsupported version": b"\x91" + good[1:],
         "oversized": good + bytes(100),
         "device id mismatch": wire.encode(8, 1, 0, 1, {}),
     }

@@ -1,4 +1,4 @@
-"""Wire format v1 decoding (bridge/wire_decoder.py): the shared vectors, round trips with the
+"""Wire format v2 decoding (bridge/wire_decoder.py): the shared vectors, round trips with the
 firmware's encoder, and hostile input."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from bridge.wire_decoder import decode
 from firmware import wire
 
-VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "wire_v1.json").read_text())
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "wire_v2.json").read_text())
 _RANGES = {"h": (-32768, 32767), "H": (0, 65535)}
 
 channel_values = st.fixed_dictionaries(
@@ -27,7 +27,7 @@ readings = st.tuples(
     st.integers(0, 2**32 - 1),
     st.integers(0, wire.MAX_TIMESTAMP),
     channel_values,
-    st.integers(0, 255),
+    st.integers(0, 15),
 )
 
 

@@ -1,4 +1,4 @@
-"""Wire format v1 encoding on CPython: the shared vectors and out-of-range values
+"""Wire format v2 encoding on CPython: the shared vectors and out-of-range values
 (decoding: tests/bridge/test_wire_decoder.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from firmware import wire
 
-VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "wire_v1.json").read_text())
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "wire_v2.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -25,9 +25,15 @@ def test_valid_vectors_encode(vector: dict[str, Any]) -> None:
     assert frame.hex() == vector["hex"]
 
 
-def test_standard_reading_fits_32_bytes() -> None:
-    standard = {name: 1 for name, _, _ in wire.CHANNELS[:6]}
-    assert len(wire.encode(1, 1, 1, 1, standard)) == 32
+def test_a_reading_of_every_channel_fits_32_bytes() -> None:
+    every = {name: 1 for name, _, _ in wire.CHANNELS}
+    assert len(wire.encode(1, 1, 1, 1, every)) == 32
+    assert len(wire.encode(1, 1, 1, 1, dict(list(every.items())[:6]))) == 30  # the standard
+
+
+def test_the_encoder_writes_a_one_byte_mask_so_the_table_has_seven_channels() -> None:
+    # docs/wire-format.md: an eighth channel needs the encoder to write a second mask byte.
+    assert len(wire.CHANNELS) <= 7
 
 
 @pytest.mark.parametrize(
@@ -41,6 +47,7 @@ def test_standard_reading_fits_32_bytes() -> None:
         ("speed", (0, 0, 0, 0, {"speed": -1})),
         ("supply_voltage", (0, 0, 0, 0, {"supply_voltage": 24.0})),
         ("unknown channel", (0, 0, 0, 0, {"oil_pressure": 1})),
+        ("flags", (0, 0, 0, 0, {}, 16)),
     ],
 )
 def test_encode_rejects_out_of_range(field: str, args: tuple[Any, ...]) -> None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("vector_runner.py")
-VECTORS = ROOT / "tests" / "vectors" / "wire_v1.json"
+VECTORS = ROOT / "tests" / "vectors" / "wire_v2.json"
 
 
 def micropython() -> Path:
