@@ -6,9 +6,10 @@ import os
 import random
 import time
 
+from micropython import const
+
 import wire
 from link import Link
-from micropython import const
 from umqtt.simple import MQTTException
 
 FW = "1.0.0"

@@ -4,8 +4,9 @@ import json
 import time
 
 import network
-from board import Board
 from machine import ADC, Pin, SoftI2C
+
+from board import Board
 from sensors import Sensors
 
 
