@@ -93,4 +93,6 @@ class KafkaSink:
         self._poller.join(5)
         if remaining:
             log.warning("%d records were not acknowledged by Kafka before shutdown", remaining)
+        else:  # nothing left to wait for: disconnect now, not when the object is collected
+            self.producer.close()
         return remaining

@@ -121,7 +121,8 @@ class AlertService:
                 self._transact(producer, consumer, engine, batch)
         finally:
             consumer.close()
-            producer.flush(_TIMEOUT_S)
+            if not producer.flush(_TIMEOUT_S):
+                producer.close()  # disconnect now, not when the object is collected
 
     # -- start-up -------------------------------------------------------------------------
 

@@ -76,4 +76,5 @@ class ActionProducer:
         """Deliver what is queued (up to 10 s) and stop the poll thread."""
         self._running = False
         self._poller.join(timeout=5)
-        self._producer.flush(10)
+        if not self._producer.flush(10):
+            self._producer.close()  # disconnect now, not when the object is collected
