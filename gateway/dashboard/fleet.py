@@ -37,6 +37,7 @@ class _Train:
     channels: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
     maintenance: JsonObject | None = None
     alert_history: deque[JsonObject] = field(default_factory=lambda: deque(maxlen=ALERT_HISTORY))
+    active: dict[str, JsonObject] = field(default_factory=dict)  # firing or acknowledged, by key
     # Recent (device_id, boot_id, seq): redelivered readings are not drawn twice.
     recent: deque[tuple[int, int, int]] = field(default_factory=deque)
     recent_set: set[tuple[int, int, int]] = field(default_factory=set)
@@ -144,6 +145,10 @@ class Fleet:
             return False
         train = self._train(event["train_id"])
         train.alert_history.append(event)
+        if event["state"] in ACTIVE_STATES:
+            train.active[alert_key] = event
+        else:
+            train.active.pop(alert_key, None)
         self._alerts[alert_key] = event
         self._dirty_alerts.add(alert_key)
         return True
@@ -160,12 +165,8 @@ class Fleet:
         return True
 
     def _summary(self, train: _Train) -> JsonObject:
-        active = [
-            a
-            for a in self._alerts.values()
-            if a["train_id"] == train.train_id and a["state"] in ACTIVE_STATES
-        ]
-        severities = [a.get("severity") for a in active]
+        active = train.active
+        severities = [a.get("severity") for a in active.values()]
         ranked = [s for s in SEVERITY_ORDER if s in severities]
         maintenance = train.maintenance
         return {

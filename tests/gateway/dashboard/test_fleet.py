@@ -60,6 +60,7 @@ def test_alert_transitions_keep_the_latest_event_and_the_history() -> None:
     _apply(fleet, "alerts", key, alert("T101", "acknowledged", acked_by="ana", acked_at_ms=NOW))
     active = fleet.alerts()
     assert [(a["state"], a["acked_by"]) for a in active] == [("acknowledged", "ana")]
+    assert fleet.fleet()[0]["active_alerts"] == 1
 
     _apply(fleet, "alerts", key, alert("T101", "resolved"))
     assert fleet.alerts() == []
