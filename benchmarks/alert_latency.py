@@ -44,6 +44,7 @@ from benchmarks.services import child, kafka_cluster
 from bridge.config import ConnectorConfig, ErrorsConfig, KafkaTarget, MqttSource, SpoolConfig
 from firmware import wire
 from gateway.alerts.config import Topics
+from gateway.alerts.state import rule_key
 from gateway.localkafka import free_port
 from gateway.mosquitto import mosquitto_binary, mosquitto_config
 
@@ -213,7 +214,7 @@ class Tap:
 
 
 def _alert_key(train: str) -> str:
-    return f"{train}/{RULE}/bearing_left_temp"
+    return rule_key(train, RULE, PROBE_DEVICE, "bearing_left_temp")
 
 
 def _firing(alerts: Tap, train: str) -> bool:
