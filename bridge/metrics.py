@@ -14,6 +14,8 @@ __all__ = [
     "REPLAYED",
     "SPOOLED",
     "SPOOL_BYTES",
+    "SPOOL_ERRORS",
+    "SPOOL_QUARANTINED",
 ]
 
 RECEIVED = Counter("trackside_bridge_received", "MQTT messages received", ["connector"])
@@ -34,6 +36,17 @@ IN_FLIGHT = Gauge(
     ["connector"],
 )
 SPOOL_BYTES = Gauge("trackside_bridge_spool_bytes", "Bytes waiting in the spool", ["connector"])
+SPOOL_QUARANTINED = Counter(
+    "trackside_bridge_spool_quarantined",
+    "Damaged spool frames (each normally one reading) set aside in the spool's quarantine file "
+    "and not replayed: needs a person",
+    ["connector"],
+)
+SPOOL_ERRORS = Counter(
+    "trackside_bridge_spool_errors",
+    "Spool appends the disk refused (full or failing); their readings stay unacknowledged",
+    ["connector"],
+)
 LATENCY = Histogram(
     "trackside_bridge_latency_seconds",
     "From MQTT receipt to Kafka acknowledgement, sampled: the first reading of each received batch",
