@@ -2,7 +2,8 @@
 
 Kafka (started here), the gateway with its embedded broker, both connectors, the alert service
 (with the `disable` policy on) and the dashboard, and a simulated fleet of 20 trains of which
-two develop faults. Ctrl-C stops everything in order.
+two develop faults. Ctrl-C, SIGTERM or closing the terminal (SIGHUP) stops everything in order,
+Kafka last.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -29,12 +31,15 @@ from gateway.runtime import run_gateway
 from gateway.simulate import BrokerAddress, FastFleet, FaultAssignment
 from gateway.simulate.fleet import fleet_spec
 
-__all__ = ["DEMO_FAULTS", "demo_config", "run_demo"]
+__all__ = ["DEMO_FAULTS", "STOP_SIGNALS", "check_free", "demo_config", "run_demo"]
 
 # Two of the twenty trains develop faults: a bearing of T104 overheats suddenly half a minute
 # in (alerts, flag and `disable` within seconds); T113 loses coolant, so its engine creeps past
 # the limit after about six minutes. Real time: the rate rules judge rises per wall-clock minute.
 DEMO_FAULTS = ("T104:bearing_overheat_sudden@30", "T113:coolant_loss@0")
+# Kafka runs in its own session, so a closed terminal's SIGHUP reaches only the demo, which
+# must then stop Kafka itself: SIGHUP is a stop request like the others.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def demo_config(
@@ -62,8 +67,14 @@ def demo_config(
     )
 
 
-def _check_free(port: int, option: str) -> None:
+def check_free(port: int, option: str) -> None:
+    """Raise GatewayError naming `option` if something listens on 127.0.0.1:`port`.
+
+    The probe binds as the servers do, with SO_REUSEADDR: connections of the last demo still
+    in TIME_WAIT must not count as "in use", since they do not stop the servers binding.
+    """
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:
@@ -74,24 +85,28 @@ def _check_free(port: int, option: str) -> None:
 
 
 async def _demo(console: Console, home: Path, mqtt_port: int, dashboard_port: int) -> None:
-    _check_free(mqtt_port, "--mqtt-port")
-    _check_free(dashboard_port, "--dashboard-port")
+    check_free(mqtt_port, "--mqtt-port")
+    check_free(dashboard_port, "--dashboard-port")
     with console.status("Resolving Apache Kafka (first run only)..."):
         await asyncio.to_thread(resolve_jars)
     shutil.rmtree(home, ignore_errors=True)  # every demo starts from an empty cluster
     home.mkdir(parents=True)
     kafka = LocalKafka.on_free_ports(home / "kafka")
-    with console.status(f"Starting Kafka on {kafka.bootstrap_servers}..."):
-        # Its own session: a Ctrl-C in the terminal must not stop Kafka before the gateway
-        # has drained into it; the demo stops Kafka last.
-        proc = await asyncio.to_thread(kafka.start, 120.0, True)
+    # Handled before Kafka starts: a stop request during its start stops it once it is up.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     token = secrets.token_urlsafe(12)
     config = demo_config(home, kafka.bootstrap_servers, mqtt_port, dashboard_port, token)
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        with console.status(f"Starting Kafka on {kafka.bootstrap_servers}..."):
+            # Its own session: a Ctrl-C in the terminal must not stop Kafka before the gateway
+            # has drained into it; the demo stops Kafka last.
+            proc = await asyncio.to_thread(kafka.start, 120.0, True)
+        if stop.is_set():
+            return
         with console.status("Starting the gateway..."):
             ready = asyncio.Event()
 
@@ -120,7 +135,10 @@ async def _demo(console: Console, home: Path, mqtt_port: int, dashboard_port: in
         await gateway
     finally:
         stop.set()
-        with console.status("Stopping Kafka..."):
+        # After a SIGHUP the terminal is gone and writing to it fails: Kafka stops regardless.
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                console.print("Stopping Kafka...")
             await asyncio.to_thread(stop_pid, proc.pid)
             with contextlib.suppress(ChildProcessError):
                 proc.wait(5)
@@ -129,4 +147,5 @@ async def _demo(console: Console, home: Path, mqtt_port: int, dashboard_port: in
 def run_demo(console: Console, mqtt_port: int, dashboard_port: int) -> None:
     """Start the demo, print where the dashboard is, and stop it all on Ctrl-C."""
     asyncio.run(_demo(console, cache_dir() / "demo", mqtt_port, dashboard_port))
-    console.print("Demo stopped.")
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        console.print("Demo stopped.")
