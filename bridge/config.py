@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from bridge import BridgeError
 from bridge.converters import CONVERTERS
@@ -57,6 +57,11 @@ class MqttSource(_Frozen):
     client_id: str = "trackside-bridge"
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = Field(
+        None,
+        description="File holding the password (as `trackside devices add-service "
+        "--password-file` writes it); read when the config is loaded, instead of `password`.",
+    )
     tls: TlsConfig | None = None
     topics: tuple[str, ...] = ("trackside/v1/+/+/telemetry",)
     topic_pattern: str = "trackside/v1/{train_id}/{device_id}/telemetry"
@@ -66,6 +71,15 @@ class MqttSource(_Frozen):
     shared_group: str | None = None
     keepalive_s: int = Field(30, ge=5)
     receive_maximum: int = Field(10000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttSource:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError(
+                "password and password_file are both set: keep one (password_file keeps the "
+                "secret out of this file)"
+            )
+        return self
 
 
 class KafkaTarget(_Frozen):
@@ -160,12 +174,41 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Connecto
 
 
 def checked(path: Path, config: ConnectorConfig, key: str = "") -> ConnectorConfig:
-    """Check transform and converter names; resolve a relative spool path against `path`."""
+    """Check transform and converter names; read `mqtt.password_file`; resolve a relative
+    spool path against `path`."""
     _check_names(path, config, key)
+    config = _read_password_file(path, config, key)
     if not config.spool.path.is_absolute():
         spool = config.spool.model_copy(update={"path": path.parent / config.spool.path})
         config = config.model_copy(update={"spool": spool})
     return config
+
+
+def _read_password_file(path: Path, config: ConnectorConfig, key: str) -> ConnectorConfig:
+    """`mqtt.password` from `mqtt.password_file` (relative to `path`), read once, here."""
+    password_file = config.mqtt.password_file
+    if password_file is None:
+        return config
+    if not password_file.is_absolute():
+        password_file = path.parent / password_file
+    where = f"{path}: {key}mqtt.password_file"
+    try:
+        text = password_file.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}: cannot read {password_file}: {exc.strerror}; check the path and that "
+            "this user may read it"
+        ) from exc
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ConfigError(
+            f"{where}: {password_file} is empty; write the account's password into it "
+            "(`trackside devices add-service NAME --password-file FILE`)"
+        )
+    mqtt = config.mqtt.model_copy(
+        update={"password": SecretStr(password), "password_file": password_file}
+    )
+    return config.model_copy(update={"mqtt": mqtt})
 
 
 def _check_names(path: Path, config: ConnectorConfig, key: str) -> None:

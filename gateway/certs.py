@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from gateway.mosquitto import share_with_mosquitto
 
 __all__ = ["make_certificates"]
 
@@ -33,10 +36,12 @@ def _san(host: str) -> x509.GeneralName:
 
 
 def make_certificates(out: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
-    """Write ca.pem, server.pem and server.key (mode 600) into `out`; returns their paths.
+    """Write ca.pem, server.pem and server.key into `out`; returns their paths.
 
     Devices get ca.pem and check the gateway against it; the names in `hosts` (DNS names or
-    IP addresses) are the ones devices may use to reach the gateway.
+    IP addresses) are the ones devices (and the bridge) may use to reach the gateway. The key
+    is mode 640, group `mosquitto`, when that group exists and this user may give files to it
+    (Debian's Mosquitto reads it as user `mosquitto`), otherwise mode 600.
     """
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
@@ -68,12 +73,17 @@ def make_certificates(out: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
     ca_file, cert_file, key_file = out / "ca.pem", out / "server.pem", out / "server.key"
     ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_file.touch(mode=0o600)
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
+    # A new file, never an old one's wider mode; written in full before it takes the key's name.
+    tmp = key_file.with_name(key_file.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    share_with_mosquitto(fd)
+    with os.fdopen(fd, "wb") as private:
+        private.write(pem)
+    tmp.replace(key_file)
     return ca_file, cert_file, key_file

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import getpass
+import grp
+import os
+import pwd
 import shutil
 from pathlib import Path
 
 from gateway import GatewayError
 
-__all__ = ["mosquitto_binary", "mosquitto_config"]
+__all__ = [
+    "MOSQUITTO_GROUP",
+    "mosquitto_binary",
+    "mosquitto_config",
+    "mosquitto_may_read",
+    "share_with_mosquitto",
+]
+
+MOSQUITTO_GROUP = "mosquitto"  # Debian's mosquitto package runs the broker as this user and group
 
 
 def mosquitto_binary() -> str:
@@ -40,4 +51,40 @@ def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:
         "set_tcp_nodelay true\n"
         "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
         "log_type information\nlog_timestamp_format %H:%M:%S\n" + extra
+    )
+
+
+def share_with_mosquitto(fd: int) -> bool:
+    """Make an open file readable by Debian's Mosquitto: mode 640, group `mosquitto`.
+
+    Mosquitto started as root drops privileges to user `mosquitto` before it reads its password,
+    ACL and key files, so a 600 file owned by anyone else stops it at start. Returns False (the
+    file stays 600) when there is no such group or this user may not give files to it; the
+    caller tells the operator what to run instead.
+    """
+    try:
+        gid = grp.getgrnam(MOSQUITTO_GROUP).gr_gid
+        os.fchown(fd, -1, gid)
+    except (KeyError, PermissionError):
+        return False
+    os.fchmod(fd, 0o640)
+    return True
+
+
+def mosquitto_may_read(path: Path) -> bool:
+    """False if the `mosquitto` group exists and that user could not read `path` by its mode
+    (directories on the way are not checked); True without Mosquitto."""
+    try:
+        group = grp.getgrnam(MOSQUITTO_GROUP)
+    except KeyError:
+        return True
+    try:
+        uid = pwd.getpwnam(MOSQUITTO_GROUP).pw_uid
+    except KeyError:
+        uid = -1
+    info = path.stat()
+    return bool(
+        info.st_mode & 0o004
+        or (info.st_gid == group.gr_gid and info.st_mode & 0o040)
+        or (info.st_uid == uid and info.st_mode & 0o400)
     )

@@ -7,6 +7,9 @@ service account (the bridge, the simulator, operators' tools) reads and writes t
 format, so the same registry drives the embedded broker directly and Mosquitto through the
 password and ACL files it generates. Plain passwords are shown once, when created, and never
 logged.
+
+Client ids are bound to accounts too: a device may connect only under its own client id (see
+`DEVICE_CLIENT_IDS`), so it can neither take over another device's session nor the bridge's.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import GatewayError
+from gateway.mosquitto import share_with_mosquitto
 
 __all__ = [
+    "DEVICE_CLIENT_IDS",
     "Account",
     "Registry",
     "RegistryError",
@@ -39,6 +44,9 @@ __all__ = [
 
 ITERATIONS = 1000  # Mosquitto's default is 101; a little more costs ~1 ms per CONNECT
 TRAIN_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# The client ids a device account may connect with: the firmware's (firmware/app.py) and the
+# simulator's per-device connections (`trackside simulate --credentials`).
+DEVICE_CLIENT_IDS = ("trackside-{device_id}", "sim-dev-{device_id}")
 
 
 class RegistryError(GatewayError):
@@ -110,6 +118,23 @@ class Account(BaseModel):
             TopicRule("read", f"{own}/cmd"),
             TopicRule("read", f"trackside/v1/{self.train_id}/cmd"),
         ]
+
+    def client_ids(self) -> tuple[str, ...] | None:
+        """The client ids this account may use; None for a service account (any id)."""
+        if self.kind == "service":
+            return None
+        return tuple(pattern.format(device_id=self.device_id) for pattern in DEVICE_CLIENT_IDS)
+
+    def may_use_client_id(self, client_id: str | None) -> bool:
+        """True if this account may connect under `client_id` (and so own that session).
+
+        Services (bridge, simulator, operators' tools) are trusted with the whole topic tree
+        and may use any id; a device only its own, so it cannot take over another session.
+        """
+        if self.revoked:
+            return False
+        allowed = self.client_ids()
+        return allowed is None or client_id in allowed
 
     def may(self, access: Literal["read", "write"], topic: str) -> bool:
         """True if this account may read (subscribe to) or write (publish to) `topic`."""
@@ -210,11 +235,23 @@ class Registry:
         self.accounts[username] = account.model_copy(update={"revoked": True})
         self._save()
 
-    def write_mosquitto_files(self, password_file: Path, acl_file: Path) -> None:
-        """Mosquitto's `password_file` and `acl_file` for the accounts that are not revoked."""
+    def write_mosquitto_files(self, password_file: Path, acl_file: Path) -> bool:
+        """Mosquitto's `password_file` and `acl_file` for the accounts that are not revoked.
+
+        Both are mode 640, group `mosquitto`, when that group exists and this user may give
+        files to it (root may), so that Debian's Mosquitto, which drops privileges to user
+        `mosquitto`, can read them; otherwise mode 600. Returns True if they are shared so.
+        """
         live = [a for a in self.accounts.values() if not a.revoked]
-        _write_private(password_file, "".join(f"{a.username}:{a.password_hash}\n" for a in live))
-        _write_private(acl_file, "".join(_acl_block(a) for a in live))
+        shared = _write_private(
+            password_file,
+            "".join(f"{a.username}:{a.password_hash}\n" for a in live),
+            for_mosquitto=True,
+        )
+        return (
+            _write_private(acl_file, "".join(_acl_block(a) for a in live), for_mosquitto=True)
+            and shared
+        )
 
     def _add(self, username: str, password: str | None, make: Callable[[str], Account]) -> str:
         current = self.accounts.get(username)
@@ -242,13 +279,21 @@ def _acl_block(account: Account) -> str:
     return f"user {account.username}\n" + "\n".join(lines) + "\n\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically, readable by the owner only (the files hold password hashes)."""
+def _write_private(path: Path, text: str, for_mosquitto: bool = False) -> bool:
+    """Write atomically, readable by the owner only (the files hold password hashes), or also
+    by the `mosquitto` group (`for_mosquitto`, when possible: then True is returned).
+
+    The mode and group are set before the rename, so a reloading Mosquitto never sees the new
+    file unreadable.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover could carry another owner's group and mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    shared = for_mosquitto and share_with_mosquitto(fd)
     with os.fdopen(fd, "w") as out:
         out.write(text)
         out.flush()
         os.fsync(out.fileno())
     tmp.replace(path)
+    return shared

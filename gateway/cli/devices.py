@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from gateway.cli.console import console
+from gateway.mosquitto import mosquitto_may_read
 from gateway.registry import Registry
 
 __all__ = ["app"]
@@ -93,6 +94,16 @@ def mosquitto(
     acl_file: Path = typer.Option(..., help="Mosquitto acl_file to write."),
     registry: Path = REGISTRY,
 ) -> None:
-    """Write Mosquitto's password and ACL files from the registry (then reload Mosquitto)."""
+    """Write Mosquitto's password and ACL files from the registry (then reload Mosquitto).
+
+    They are mode 640, group mosquitto, when run as root (or as a member of that group), so
+    that Debian's Mosquitto, running as user mosquitto, can read them.
+    """
     Registry(registry).write_mosquitto_files(password_file, acl_file)
     console.print(f"wrote {password_file} and {acl_file}; reload Mosquitto (SIGHUP) to apply")
+    if not (mosquitto_may_read(password_file) and mosquitto_may_read(acl_file)):
+        console.print(
+            "[yellow]Debian's Mosquitto (user mosquitto) cannot read them: run this command "
+            f"with sudo, or `sudo chgrp mosquitto {password_file} {acl_file}` and "
+            f"`sudo chmod 640 {password_file} {acl_file}`[/]"
+        )

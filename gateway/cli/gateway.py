@@ -11,6 +11,7 @@ from bridge.pipeline import Pipeline
 from gateway.certs import make_certificates
 from gateway.cli.console import console
 from gateway.config import load_gateway_config
+from gateway.mosquitto import mosquitto_may_read
 from gateway.runtime import run_gateway
 from gateway.systemd import unit_text
 
@@ -51,6 +52,12 @@ def certs(
     """Make a private CA and a server certificate for the broker's TLS listener."""
     ca_file, cert_file, key_file = make_certificates(out, host)
     console.print(f"CA for the devices: {ca_file}\nbroker: {cert_file} + {key_file}")
+    if not mosquitto_may_read(key_file):
+        console.print(
+            "[yellow]Debian's Mosquitto (user mosquitto) cannot read the key; if it serves "
+            f"the TLS listener: `sudo chgrp mosquitto {key_file}` and "
+            f"`sudo chmod 640 {key_file}`[/]"
+        )
 
 
 @app.command()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import ConfigError
+from bridge.config import ConfigError, load_config
 from gateway.config import load_gateway_config
 from gateway.systemd import unit_text
 
@@ -61,3 +61,57 @@ def test_systemd_unit_is_valid(tmp_path: Path) -> None:
         if str(unit) in line or "Unknown" in line or "bad" in line.lower()
     ]
     assert not problems, result.stderr
+
+
+def test_password_file_is_read_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "bridge.pw").write_text("s3cret-word\n")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "connectors:\n  - name: a\n    mqtt:\n      username: trackside-bridge\n"
+        "      password_file: secrets/bridge.pw\n"
+    )
+    mqtt = load_gateway_config(path).connectors[0].mqtt
+    assert mqtt.password is not None
+    assert mqtt.password.get_secret_value() == "s3cret-word"
+    assert mqtt.password_file == tmp_path / "secrets" / "bridge.pw"
+    assert "s3cret" not in repr(mqtt) and "s3cret" not in str(mqtt)
+
+
+def test_connector_file_reads_its_password_file(tmp_path: Path) -> None:
+    (tmp_path / "bridge.pw").write_text("pw\n")
+    path = tmp_path / "connector.yaml"
+    path.write_text("mqtt:\n  username: u\n  password_file: bridge.pw\n")
+    password = load_config(path).mqtt.password
+    assert password is not None and password.get_secret_value() == "pw"
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "file_text", "message"),
+    [
+        (
+            "password: x\n      password_file: bridge.pw",
+            "pw\n",
+            r"gateway.yaml: connectors.0.mqtt: Value error, password and password_file are both",
+        ),
+        (
+            "password_file: missing.pw",
+            None,
+            r"connectors.0.mqtt.password_file: cannot read .*missing.pw",
+        ),
+        (
+            "password_file: bridge.pw",
+            "\n",
+            r"connectors.0.mqtt.password_file: .*bridge.pw is empty",
+        ),
+    ],
+)
+def test_password_file_mistakes_name_the_file_and_key(
+    tmp_path: Path, mqtt: str, file_text: str | None, message: str
+) -> None:
+    if file_text is not None:
+        (tmp_path / "bridge.pw").write_text(file_text)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"connectors:\n  - name: a\n    mqtt:\n      {mqtt}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_gateway_config(path)

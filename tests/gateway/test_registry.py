@@ -1,13 +1,18 @@
-"""The device registry: hashes Mosquitto accepts, ACL rules, revocation, file errors."""
+"""The device registry: hashes Mosquitto accepts, ACL rules, client ids, revocation, file
+modes and errors."""
 
 from __future__ import annotations
 
+import grp
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from gateway.certs import make_certificates
 from gateway.registry import Registry, RegistryError, topic_matches, verify_password
 
 
@@ -66,7 +71,7 @@ def test_mosquitto_files(tmp_path: Path) -> None:
     assert "device-1:$7$" in passwd and "bridge:$7$" in passwd and "device-2" not in passwd
     assert "user device-1\ntopic write trackside/v1/T1/1/telemetry\n" in acl
     assert "user bridge\ntopic readwrite trackside/#\n" in acl
-    assert (tmp_path / "passwd").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "passwd").stat().st_mode & 0o037 == 0  # at most 640 (group mosquitto)
 
 
 def test_errors_name_the_problem(tmp_path: Path) -> None:
@@ -82,3 +87,47 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     broken.write_text("accounts:\n  - username: x\n    kind: robot\n    password_hash: h\n")
     with pytest.raises(RegistryError, match=r"broken.yaml: accounts.0.kind"):
         Registry(broken)
+
+
+def test_client_ids_are_bound_to_accounts(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "devices.yaml")
+    registry.add_device(42, "T101")
+    registry.add_service("trackside-bridge")
+    device = registry.accounts["device-42"]
+    assert device.may_use_client_id("trackside-42")  # the firmware's id (firmware/app.py)
+    assert device.may_use_client_id("sim-dev-42")  # the simulator's per-device connection
+    for other in ("trackside-43", "trackside-bridge", "trackside-bridge-status", "", None):
+        assert not device.may_use_client_id(other), other
+    assert registry.accounts["trackside-bridge"].may_use_client_id("trackside-bridge-status")
+    registry.revoke("device-42")
+    assert not registry.accounts["device-42"].may_use_client_id("trackside-42")
+
+
+def test_mosquitto_files_are_readable_by_the_mosquitto_group(tmp_path: Path) -> None:
+    group = grp.getgrnam("mosquitto")  # Debian's mosquitto package creates it
+    registry = Registry(tmp_path / "devices.yaml")
+    registry.add_device(1, "T1")
+    assert os.geteuid() == 0, "run as root, as `sudo trackside devices mosquitto` in the guide"
+    assert registry.write_mosquitto_files(tmp_path / "passwd", tmp_path / "acl")
+    for name in ("passwd", "acl"):
+        info = (tmp_path / name).stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o640, group.gr_gid), name
+    assert stat.S_IMODE((tmp_path / "devices.yaml").stat().st_mode) == 0o600
+    _, _, key_file = make_certificates(tmp_path / "tls", ["127.0.0.1"])
+    info = key_file.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o640, group.gr_gid)
+
+
+def test_without_the_mosquitto_group_files_stay_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_group(name: str) -> grp.struct_group:
+        raise KeyError(name)
+
+    monkeypatch.setattr(grp, "getgrnam", no_group)
+    registry = Registry(tmp_path / "devices.yaml")
+    registry.add_device(1, "T1")
+    assert not registry.write_mosquitto_files(tmp_path / "passwd", tmp_path / "acl")
+    _, _, key_file = make_certificates(tmp_path / "tls", ["127.0.0.1"])
+    for path in (tmp_path / "passwd", tmp_path / "acl", key_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
