@@ -14,12 +14,23 @@ on the same port built for 32-bit x86 (benchmarks/micropython32.py), as the boar
   (the app heap plus the garbage of one round), run in a heap too large to need a collection;
 - smallest heap: the smallest fixed heap (`-X heapsize`, 1 KiB steps) in which the unmodified
   app (no extra collections) completes the scenario.
+
+Then the outbox drain (64-bit port): DRAIN_DEVICES devices sample every DRAIN_SAMPLE_MS with the
+broker down until each holds DRAIN_BACKLOG readings (the field test of issue 9: 4 devices at 4
+readings/s, the broker away for 60 s), then Mosquitto starts. Each device reports, from its
+own clock, how long its connecting service round took, how long from its connect until its
+outbox was empty, how many readings it sent meanwhile (the backlog and what it sampled during
+the drain), and the largest interval between two of its readings from the full backlog to the
+first reading after the drain.
 """
 
 from __future__ import annotations
 
+import queue
+import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +62,8 @@ import app
 MEASURE = {measure}
 peak = [0, 0, -1]  # live, with garbage, seq when the outbox was full
 service = app.App.service
-def probed(self):
-    service(self)
+def probed(self, next_sample):
+    left = service(self, next_sample)
     if MEASURE:
         peak[1] = max(peak[1], gc.mem_alloc())
         gc.collect()
@@ -63,7 +74,50 @@ def probed(self):
     elif peak[2] >= 0 and self.seq >= peak[2] + {readings} and not len(self.outbox):
         print("HEAP", BASE, peak[0] - BASE, peak[1] - BASE)
         raise SystemExit
+    return left
 app.App.service = probed
+import main
+"""
+
+
+DRAIN_DEVICES = 4
+DRAIN_SAMPLE_MS = 250
+DRAIN_BACKLOG = 240  # 60 s without the broker at 4 readings/s; the outbox keeps 256
+# Wraps App.sample and App.service: prints READY once the outbox holds the backlog; from then on
+# tracks the largest interval between two readings; notes how long the connecting service round
+# took and, once the outbox is empty, how many readings went out since the connect and how long
+# that took; prints DRAINED with those at the first reading after the drain.
+DRAIN_PROBE = """
+import sys, time
+sys.path[0] = ""
+import app
+service, sample = app.App.service, app.App.sample
+st = [0, 0, 0, -1, 0, 0, 0]  # ready, last sample, largest gap, connected at, connect ms, sent, ms
+def probed_sample(self):
+    now = time.ticks_ms()
+    if st[0]:
+        st[2] = max(st[2], time.ticks_diff(now, st[1]))
+    st[1] = now
+    if st[6]:
+        print("DRAINED", st[5], st[6], st[4], st[2])
+        raise SystemExit
+    sample(self)
+def probed_service(self, next_sample):
+    offline = self.link.client is None
+    start = time.ticks_ms()
+    left = service(self, next_sample)
+    if not st[0] and len(self.outbox) >= {backlog}:
+        st[0] = 1
+        print("READY")
+    elif offline and self.link.client is not None and st[3] < 0:
+        st[3] = time.ticks_ms()
+        st[4] = time.ticks_diff(st[3], start)
+        st[5] = len(self.outbox) - self.seq  # plus the seq at the end: what was sent since
+    elif st[3] >= 0 and not st[6] and not len(self.outbox):
+        st[5] += self.seq
+        st[6] = max(1, time.ticks_diff(time.ticks_ms(), st[3]))
+    return left
+app.App.sample, app.App.service = probed_sample, probed_service
 import main
 """
 
@@ -176,12 +230,94 @@ def heap(micropython: Path, build: str, tmp: Path) -> list[dict[str, object]]:
     ]
 
 
+@dataclass(frozen=True)
+class Drain:
+    """One device's reconnect and drain, as it measured them."""
+
+    sent: int  # readings acknowledged from the connect until the outbox was empty
+    ms: int  # from the connect until the outbox was empty
+    connect_ms: int  # the service round that connected (CONNECT, SUBSCRIBEs, status)
+    largest_gap_ms: int  # between two readings, from the backlog to after the drain
+
+
+def drain(micropython: Path, tmp: Path) -> list[Drain]:
+    """Fill DRAIN_DEVICES outboxes with the broker down, start it, and collect each drain."""
+    port = free_port()
+    lines: queue.Queue[str] = queue.Queue()
+    devices = []
+    for device_id in range(1, DRAIN_DEVICES + 1):
+        board = layout_board(tmp / f"drain-{device_id}", {
+            "device_id": device_id, "train_id": "DRAIN", "board": "unix",
+            "sample_ms": DRAIN_SAMPLE_MS, "broker": {"host": "127.0.0.1", "port": port},
+            "backoff_ms": [1000, 2000]})
+        (board / "probe.py").write_text(DRAIN_PROBE.replace("{backlog}", str(DRAIN_BACKLOG)))
+        device = subprocess.Popen(
+            [micropython, "probe.py"], cwd=board, env={"MICROPYPATH": "lib"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=_lines, args=(device, lines), daemon=True).start()
+        devices.append(device)
+    conf = tmp / "drain-mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    broker = None
+    drains: list[Drain] = []
+    ready = 0
+    timeout = 60 + DRAIN_BACKLOG * DRAIN_SAMPLE_MS / 1000
+    try:
+        while len(drains) < DRAIN_DEVICES:
+            line = lines.get(timeout=timeout)
+            if line.startswith("READY"):
+                ready += 1
+                if ready == DRAIN_DEVICES:
+                    broker = subprocess.Popen([mosquitto_binary(), "-c", str(conf)],
+                                              stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL)
+            elif line.startswith("DRAINED"):
+                drains.append(Drain(*(int(n) for n in line.split()[1:5])))
+            elif line.startswith("Traceback"):
+                raise SystemExit(f"a device failed in the drain scenario: {line}")
+        return drains
+    except queue.Empty:
+        raise SystemExit(f"the drain scenario stalled: {ready} devices ready, "
+                         f"{len(drains)} drained") from None
+    finally:
+        for device in devices:
+            device.kill()
+            device.wait(10)
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+
+
+def _lines(proc: subprocess.Popen[str], into: queue.Queue[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        into.put(line)
+
+
+def drain_rows(drains: list[Drain]) -> list[dict[str, object]]:
+    """Drain rate, reconnect time and the sampling schedule, over the devices."""
+    rates = [d.sent * 1000 / d.ms for d in drains]
+    where = f"{len(drains)} devices at {1000 // DRAIN_SAMPLE_MS}/s, backlog {DRAIN_BACKLOG}"
+    return [
+        {"what": f"outbox drain, readings/s per device, mean (min), {where}",
+         "value": f"{statistics.mean(rates):,.0f} ({min(rates):,.0f})"},
+        {"what": "  drain time, ms, mean (max)",
+         "value": f"{statistics.mean(d.ms for d in drains):,.0f} ({max(d.ms for d in drains):,})"},
+        {"what": "  reconnect (CONNECT, SUBSCRIBEs, status), ms, mean (max)",
+         "value": f"{statistics.mean(d.connect_ms for d in drains):.0f} "
+                  f"({max(d.connect_ms for d in drains)})"},
+        {"what": f"  largest interval between readings, ms (schedule {DRAIN_SAMPLE_MS})",
+         "value": max(d.largest_gap_ms for d in drains)},
+    ]
+
+
 def main() -> None:
     """Measure and report."""
     with tempfile.TemporaryDirectory() as tmp:
         rows = reading_sizes() + mpy_sizes()
         rows += heap(micropython_binary(), "unix port", Path(tmp))
         rows += heap(micropython32(), "unix port built 32-bit", Path(tmp))
+        rows += drain_rows(drain(micropython_binary(), Path(tmp)))
     report(
         "firmware",
         "Firmware footprint",

@@ -19,7 +19,7 @@ OPS = ("disable", "enable", "reboot", "identify")
 LINK_ERRORS = (OSError, MQTTException, IndexError, AssertionError)
 # Bare-metal ports count seconds from 2000-01-01, the unix port from 1970.
 EPOCH_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
-_BURST = const(16)  # readings sent per service round, so that commands stay responsive
+_BURST = const(16)  # readings sent per service round at most, so that commands stay responsive
 STATUS = '{"state":"%s","boot_id":%d,"seq":%d,"dropped":%d,"outbox":%d,"uptime_s":%d,"fw":"%s"}'
 
 
@@ -41,9 +41,11 @@ class App:
         self._save_state()
         base = "trackside/v1/%s/" % cfg["train_id"]
         topic = base + "%d/" % self.device_id
-        # Topics built once: a publish then allocates no string.
+        # Topics built once, as bytes: a publish then allocates no topic. (From str literals:
+        # a str constant is a name in the module, a bytes constant a heap object of its own.)
         self._telemetry, self._status, self._reply = (
-            topic + "telemetry", topic + "status", topic + "reply")
+            (topic + "telemetry").encode(), (topic + "status").encode(),
+            (topic + "reply").encode())
         self.link = Link(cfg, "trackside-%d" % self.device_id, self._status,
                          (topic + "config", topic + "cmd", base + "cmd"))
         self._wall = board.sync_time()
@@ -65,7 +67,8 @@ class App:
                 next_sample = time.ticks_add(next_sample, self.sample_ms)
                 if not self.disabled:
                     self.sample()
-            self.service()
+            if self.service(next_sample):
+                continue  # readings left to send: no pause
             wait = time.ticks_diff(next_sample, time.ticks_ms())
             time.sleep_ms(min(20, max(0, wait)))
 
@@ -86,15 +89,21 @@ class App:
             print("reading %d not sent: %s" % (self.seq, e))
             return
         self.seq += 1
-        self.outbox.put(frame)
+        if self.outbox.put(frame):
+            if self.outbox.dropped == 1:
+                print("outbox full: dropping the oldest readings; the status counts them")
+            # The status goes out before any later reading: no gap in the sequence numbers
+            # shows before the count that explains it.
+            self._status_due = time.ticks_ms()
         gc.collect()  # the reading's floats, dicts and frame: gone before the next round
 
-    def service(self):
-        """Connect when due, then receive, drain the outbox and report status."""
+    def service(self, next_sample):
+        """Connect when due, then receive, report status and drain the outbox until
+        `next_sample` (ticks ms); True when readings are left to send."""
         link = self.link
         if link.client is None:
             if not link.due() or not self.board.net_up():
-                return
+                return False
             try:
                 link.connect()
                 self._wall = self.board.sync_time()
@@ -103,7 +112,7 @@ class App:
             except LINK_ERRORS as e:
                 link.fail(e)
             gc.collect()
-            return
+            return False
         sent = 0
         try:
             link.poll()
@@ -113,19 +122,25 @@ class App:
                     self.configure(payload)
                 else:
                     self.command(payload)
+            if time.ticks_diff(time.ticks_ms(), self._status_due) >= 0:
+                self.publish_status()  # before the readings: it may report a drop
             frame = self.outbox.peek()
-            while frame is not None and sent < _BURST:
+            while frame is not None:
                 link.publish(self._telemetry, frame)
                 self.outbox.pop()  # acknowledged: only now may it go
                 self.board.feed()  # a slow broker must not starve the watchdog
                 frame = self.outbox.peek()
                 sent += 1
-            if time.ticks_diff(time.ticks_ms(), self._status_due) >= 0:
-                self.publish_status()
+                # At least one a round; the burst ends when the next reading is due, so that
+                # sampling keeps its schedule while the outbox drains.
+                if sent == _BURST or time.ticks_diff(time.ticks_ms(), next_sample) >= 0:
+                    break
         except LINK_ERRORS as e:
             link.fail(e)
+            return False
         if sent:
-            gc.collect()  # each publish leaves a few small packets behind
+            gc.collect()  # each publish leaves a packet behind
+        return frame is not None
 
     def publish_status(self):
         self.link.publish(self._status, STATUS % (

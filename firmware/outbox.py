@@ -35,13 +35,14 @@ class Outbox:
 
     def put(self, frame):
         """Keep a frame of at most `frame_max` bytes, numbered right after the newest one and
-        with only channels of the wire table; drops the oldest when full."""
+        with only channels of the wire table; drops the oldest when full. True if it did."""
         seq = struct.unpack_from(">I", frame, _SEQ)[0]
         if not self._n:
             self._seq = seq
         elif seq != self._seq + self._n:
             raise ValueError("outbox: frame %d out of sequence" % seq)
-        if self._n == self._size:
+        full = self._n == self._size
+        if full:
             self.pop()
             self.dropped += 1
         i = (self._head + self._n) % self._size
@@ -51,6 +52,7 @@ class Outbox:
         self._ring[start] = frame[0]
         self._ring[start + 1:start + 1 + n - _KEPT] = frame[_KEPT:]
         self._n += 1
+        return full
 
     def peek(self):
         """The oldest frame (a view valid until the next put or peek), or None."""
