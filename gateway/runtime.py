@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -30,6 +29,7 @@ from gateway.config import GatewayConfig
 from gateway.dashboard.server import create_app
 from gateway.http_api import make_app
 from gateway.registry import Registry
+from gateway.supervise import Supervisor
 
 __all__ = ["GATEWAY_ACCOUNT", "run_gateway"]
 
@@ -122,25 +122,16 @@ async def _site(app: web.Application, host: str, port: int) -> AsyncIterator[Non
 
 @contextlib.asynccontextmanager
 async def _alert_service(
-    config: ServiceConfig, gateway_stop: asyncio.Event, failures: list[str]
-) -> AsyncIterator[None]:
-    """The alert service in a thread; if it fails, the whole gateway stops and says why."""
+    config: ServiceConfig, _gateway_stop: asyncio.Event, _failures: list[str]
+) -> AsyncIterator[Supervisor]:
+    """The alert service in a supervised thread: it waits while Kafka is away, and a failure
+    restarts it with backoff (one log line and `trackside_worker_restarts_total` each); the
+    broker and the connectors keep running either way. Yields the supervisor (`state`,
+    `failure`) for health checks."""
     service = AlertService(config, load_rules(config.rules_file))
-    stop = threading.Event()
-    loop = asyncio.get_running_loop()
-
-    def run() -> None:
-        try:
-            service.run(stop)
-        except Exception as exc:  # noqa: BLE001 - reported, then the gateway stops
-            log.error("the alert service failed: %s", exc)
-            failures.append(f"alert service failed: {exc}")
-            loop.call_soon_threadsafe(gateway_stop.set)
-
-    thread = threading.Thread(target=run, name="alerts", daemon=True)
-    thread.start()
+    supervisor = Supervisor("alert service", service.run)
+    supervisor.start()
     try:
-        yield
+        yield supervisor
     finally:
-        stop.set()
-        await asyncio.to_thread(thread.join, 30)
+        await asyncio.to_thread(supervisor.stop, 30)

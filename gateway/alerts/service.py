@@ -6,6 +6,13 @@ the consumer offsets. A crash aborts the open transaction; the restarted instanc
 old self (same `transactional.id`), restores the committed state from the compacted topics and
 replays from the committed offsets, so each alert is written exactly once. Readers of the
 output topics use `isolation.level=read_committed`.
+
+While Kafka is away the service waits (one log line, `trackside_alerts_kafka_up` 0) and goes on
+where it left off when Kafka is back. Transactional calls that fail retriably are retried a
+bounded number of times with backoff; a transaction Kafka says must be aborted is aborted and
+replayed from the last committed offsets on the last committed state; a fatal error (or
+retries used up) ends `run` with an `AlertError`, and whoever supervises the service starts it
+again: a new producer, which fences the old one.
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -32,14 +40,36 @@ from confluent_kafka.cimpl import NewTopic
 from gateway.alerts import AlertError
 from gateway.alerts.config import ServiceConfig
 from gateway.alerts.engine import Engine, Reading
+from gateway.alerts.kafka_link import UNREACHABLE, KafkaLink
+from gateway.alerts.metrics import ABORTED, STATE_SKIPPED
 from gateway.alerts.rules import RuleSet
 from gateway.alerts.state import StateStore
+from gateway.supervise import Backoff
 
 __all__ = ["AlertService", "Counters"]
 
 log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 30.0
+# One transactional call (offsets, commit, abort) waits this long, then is retried: short
+# enough that SIGTERM is not kept waiting long while Kafka is away.
+_TXN_TIMEOUT_S = 10.0
+_TXN_ATTEMPTS = 6  # about 70 s of Kafka being away mid-transaction, then a restart
+_TXN_BACKOFF = Backoff(initial_s=0.5, max_s=8.0)
+# While Kafka is away at start: ask again after these waits (each ask waits up to 5 s itself).
+_CONNECT_BACKOFF = Backoff(initial_s=0.5, max_s=5.0)
+_PROBE_EVERY_S = 1.0
+# librdkafka 2.16 can block in send_offsets_to_transaction() past its timeout, for minutes,
+# after Kafka restarted (librdkafka#5456, #5511: measured > 3 min here). A transactional call
+# still running this long after its own timeout is given up, and the service restarts with a
+# new producer, which fences the stuck one.
+_HUNG_AFTER_S = _TXN_TIMEOUT_S + 10.0
+_RESTART = (
+    "the service is restarted (by the gateway, or run it again): it fences this producer, "
+    "restores its state and replays from the last committed offsets"
+)
+
+Client = TypeVar("Client")
 
 
 @dataclass
@@ -51,6 +81,24 @@ class Counters:
     rejected: int = 0
     alerts: int = 0
     transactions: int = 0
+    aborted: int = 0  # transactions aborted and replayed
+    state_skipped: int = 0  # malformed state or maintenance records skipped by restore
+
+
+class _MustAbortError(Exception):
+    """Kafka says the open transaction must be aborted (`txn_requires_abort`)."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.error = error
+
+
+class _StoppedError(Exception):
+    """The stop event was set while the service waited for Kafka."""
+
+
+class _HungError(AlertError):
+    """A librdkafka call did not return: its client can no longer be used."""
 
 
 class AlertService:
@@ -61,17 +109,36 @@ class AlertService:
         self.rules = rules
         self.counters = Counters()
         self.ready = threading.Event()
+        self.link = KafkaLink(config.kafka.bootstrap_servers)
         self._common: dict[str, Any] = {
             "bootstrap.servers": config.kafka.bootstrap_servers,
-            "log_level": 3,
+            # librdkafka would log every failed connection attempt (hundreds of lines while
+            # Kafka is away); its errors reach `link` through error_cb instead. A `log_level`
+            # in kafka.settings brings the raw log back for debugging.
+            "log_level": 0,
             **config.kafka.settings,
+            "error_cb": self.link.on_error,
         }
 
     def run(self, stop: threading.Event) -> None:
-        """Create missing topics, restore state, then evaluate until `stop` is set."""
+        """Create missing topics, restore state, then evaluate until `stop` is set.
+
+        Waits while Kafka is unreachable; raises `AlertError` when the service cannot go on.
+        """
+        try:
+            self._run(stop)
+        except _StoppedError:
+            # A transaction left open is aborted when the service starts again.
+            log.info("alert service stopped while it waited for Kafka")
+        except KafkaException as exc:  # the last line: no librdkafka error leaves the package
+            raise AlertError(f"Kafka failed: {_describe(exc)}; {_RESTART}") from exc
+
+    def _run(self, stop: threading.Event) -> None:
         topics = self.config.topics
-        self._ensure_topics()
-        producer = Producer(
+        self.link.fatal = None  # a fatal error of the previous run's clients is theirs only
+        self._ensure_topics(stop)
+        producer = self._client(
+            Producer,
             {
                 # A transaction begun while Kafka still completes the last one is refused
                 # (CONCURRENT_TRANSACTIONS) and retried after this back-off: librdkafka's
@@ -81,57 +148,157 @@ class AlertService:
                 "transactional.id": self.config.kafka.transactional_id,
                 "enable.idempotence": True,
                 "linger.ms": 5,
-            }
+            },
         )
+        consumer: Consumer | None = None
+        hung = False
         try:
             # Fences a zombie with the same id and aborts its open transaction.
-            producer.init_transactions(_TIMEOUT_S)
+            self._call(
+                stop,
+                f"start Kafka transactions on {self.config.kafka.bootstrap_servers} (check that "
+                "the cluster allows transactions)",
+                lambda: producer.init_transactions(_TXN_TIMEOUT_S),
+                attempts=2 * _TXN_ATTEMPTS,
+            )
+            engine = Engine(self.rules, self._restore(stop))
+            consumer = self._client(
+                Consumer,
+                {
+                    **self._common,
+                    "group.id": self.config.kafka.group_id,
+                    # Static membership: a restarted instance takes its partitions back at once
+                    # instead of waiting for the session of its dead self to time out.
+                    "group.instance.id": self.config.kafka.transactional_id,
+                    "isolation.level": "read_committed",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                },
+            )
+            consumer.subscribe([topics.telemetry, topics.device_status, topics.operator_actions])
+            log.info("alert service running with %d rules", len(self.rules.rules))
+            self.ready.set()
+            self._loop(stop, producer, consumer, engine)
+        except _HungError:
+            hung = True
+            raise
+        finally:
+            if consumer is not None:
+                consumer.close()
+            # Nothing should be left: a commit or an abort delivered it. While Kafka is away
+            # there is no point in waiting; a left-over transaction is aborted at the next start.
+            # A producer stuck in a call is left alone: flush or close might block behind it.
+            if not hung and not producer.flush(_TIMEOUT_S if self.link.up else 1.0):
+                producer.close()  # disconnect now, not when the object is collected
+
+    def _loop(
+        self, stop: threading.Event, producer: Producer, consumer: Consumer, engine: Engine
+    ) -> None:
+        last_tick = last_probe = 0.0
+        while not stop.is_set():
+            if self.link.fatal is not None:
+                raise AlertError(f"a Kafka client failed: {self.link.fatal.str()}; {_RESTART}")
+            batch = self._poll(consumer)
+            now = time.time()
+            if not self.link.up and now - last_probe >= _PROBE_EVERY_S:
+                self._probe(consumer)
+                last_probe = now
+            # Only when caught up, and never while Kafka is away: a backlog, or readings
+            # waiting in the bridge for Kafka, would look like silent devices.
+            if (
+                self.link.up
+                and now - last_tick >= self.config.stale_check_s
+                and len(batch) < self.config.max_batch
+            ):
+                engine.tick(int(now * 1000))
+                last_tick = now
+            try:
+                self._transact(stop, producer, consumer, engine, batch)
+            except _MustAbortError as abort:
+                engine = self._abort_and_rewind(stop, producer, consumer, abort.error)
+
+    # -- Kafka calls ----------------------------------------------------------------------
+
+    def _client(self, make: Callable[[dict[str, Any]], Client], settings: dict[str, Any]) -> Client:
+        try:
+            return make(settings)
         except KafkaException as exc:
             raise AlertError(
-                f"cannot start Kafka transactions on {self.config.kafka.bootstrap_servers}: "
-                f"{exc.args[0].str()}; check that the cluster is reachable and allows transactions"
+                f"Kafka settings refused by librdkafka: {_describe(exc)}; fix kafka.settings"
             ) from exc
-        engine = Engine(self.rules, self._restore())
-        consumer = Consumer(
-            {
-                **self._common,
-                "group.id": self.config.kafka.group_id,
-                # Static membership: a restarted instance takes its partitions back at once
-                # instead of waiting for the session of its dead self to time out.
-                "group.instance.id": self.config.kafka.transactional_id,
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
-        )
-        consumer.subscribe([topics.telemetry, topics.device_status, topics.operator_actions])
-        log.info("alert service running with %d rules", len(self.rules.rules))
-        self.ready.set()
-        last_tick = 0.0
+
+    def _call(
+        self,
+        stop: threading.Event,
+        what: str,
+        call: Callable[[], object],
+        attempts: int = _TXN_ATTEMPTS,
+    ) -> None:
+        """One call of the transactional API, retried with backoff while its error is
+        retriable, `attempts` times at most.
+
+        Raises `_MustAbortError` when the transaction must be aborted, `AlertError` when the
+        error is fatal or not retriable or the attempts are used up.
+        """
+        attempt = 0
+        while True:
+            try:
+                _bounded(call, _HUNG_AFTER_S, what)
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal():
+                    raise AlertError(f"cannot {what}: {error.str()} (fatal); {_RESTART}") from exc
+                if error.txn_requires_abort():
+                    raise _MustAbortError(error) from exc
+                if not error.retriable():
+                    raise AlertError(f"cannot {what}: {error.str()}; {_RESTART}") from exc
+                if error.code() in UNREACHABLE:
+                    self.link.unreachable(error.str())
+                attempt += 1
+                if attempt >= attempts:
+                    raise AlertError(
+                        f"cannot {what}: {error.str()}, {attempt} attempts; {_RESTART}"
+                    ) from exc
+                delay = _TXN_BACKOFF.delay(attempt - 1)
+                log.info("cannot %s (%s); trying again in %g s", what, error.str(), delay)
+                if stop.wait(delay):
+                    raise _StoppedError from exc
+            else:
+                self.link.reachable()
+                return
+
+    def _probe(self, consumer: Consumer) -> None:
+        """While Kafka is away: one metadata request, to notice when it is back while idle."""
         try:
-            while not stop.is_set():
-                batch = self._poll(consumer)
-                now = time.time()
-                if now - last_tick >= self.config.stale_check_s and len(batch) < (
-                    self.config.max_batch
-                ):
-                    # Only when caught up: a backlog would look like silent devices.
-                    engine.tick(int(now * 1000))
-                    last_tick = now
-                self._transact(producer, consumer, engine, batch)
-        finally:
-            consumer.close()
-            if not producer.flush(_TIMEOUT_S):
-                producer.close()  # disconnect now, not when the object is collected
+            consumer.list_topics(self.config.topics.telemetry, timeout=1.0)
+        except KafkaException:
+            return  # still away; already logged
+        self.link.reachable()
 
     # -- start-up -------------------------------------------------------------------------
 
-    def _ensure_topics(self) -> None:
+    def _ensure_topics(self, stop: threading.Event) -> None:
         topics = self.config.topics
         kafka = self.config.kafka
         compacted = {topics.alert_state, topics.maintenance}
-        admin = AdminClient(self._common)
-        existing = set(admin.list_topics(timeout=_TIMEOUT_S).topics)
+        admin = self._client(AdminClient, self._common)
+        attempt = 0
+        while True:
+            try:
+                existing = set(admin.list_topics(timeout=5.0).topics)
+                break
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() not in UNREACHABLE:
+                    raise AlertError(
+                        f"cannot list the topics of {kafka.bootstrap_servers}: {error.str()}; "
+                        "check kafka.settings (security.protocol, sasl.*)"
+                    ) from exc
+                self.link.unreachable(error.str())
+            if stop.wait(_CONNECT_BACKOFF.delay(attempt)):
+                raise _StoppedError
+            attempt += 1
+        self.link.reachable()
         wanted = [
             NewTopic(
                 name,
@@ -154,18 +321,23 @@ class AlertService:
                         "or give the service the right to"
                     ) from exc
 
-    def _restore(self) -> StateStore:
-        """Read the committed records of the state and maintenance topics to their end."""
+    def _restore(self, stop: threading.Event) -> StateStore:
+        """Read the committed records of the state and maintenance topics to their end.
+
+        A record that is not a state is skipped (one log line, `counters.state_skipped`): a
+        malformed record must not turn every restart into the same crash.
+        """
         topics = self.config.topics
         store = StateStore()
-        consumer = Consumer(
+        consumer = self._client(
+            Consumer,
             {
                 **self._common,
                 "group.id": f"{self.config.kafka.group_id}-restore",
                 "isolation.level": "read_committed",  # never restore from an aborted transaction
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
-            }
+            },
         )
         try:
             partitions = [
@@ -177,6 +349,8 @@ class AlertService:
             pending = {(tp.topic, tp.partition) for tp in partitions}
             deadline = time.monotonic() + 120
             while pending:
+                if stop.is_set():
+                    raise _StoppedError
                 if time.monotonic() > deadline:
                     raise AlertError(
                         f"state restore did not reach the end of {sorted(pending)} in 120 s; "
@@ -190,17 +364,16 @@ class AlertService:
                     if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard((msg.topic(), msg.partition()))
                     elif error.fatal():
-                        raise AlertError(f"state restore failed: {error.str()}")
+                        raise AlertError(f"state restore failed: {error.str()}; {_RESTART}")
+                    else:
+                        self.link.on_error(error)
                     continue
                 value = msg.value()
-                if value is None:
-                    continue
-                if msg.topic() == topics.alert_state:
-                    store.restore_state((msg.key() or b"").decode(), value)
-                else:
-                    store.restore_maintenance(value)
+                if value is not None:
+                    self._restore_record(store, msg, value)
         finally:
             consumer.close()
+        self.link.reachable()
         log.info(
             "restored %d rule states, %d devices, %d maintenance flags",
             len(store.rules),
@@ -208,6 +381,25 @@ class AlertService:
             len(store.maintenance),
         )
         return store
+
+    def _restore_record(self, store: StateStore, msg: Message, value: bytes) -> None:
+        key = (msg.key() or b"").decode(errors="replace")
+        try:
+            if msg.topic() == self.config.topics.alert_state:
+                store.restore_state(key, value)
+            else:
+                store.restore_maintenance(value)
+        except ValueError as exc:  # pydantic's ValidationError and JSON errors are ValueErrors
+            self.counters.state_skipped += 1
+            STATE_SKIPPED.inc()
+            log.warning(
+                "skipped a malformed state record %r at %s[%d]@%d: %s",
+                key,
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                str(exc).replace("\n", " "),
+            )
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -247,24 +439,31 @@ class AlertService:
             )
 
     def _transact(
-        self, producer: Producer, consumer: Consumer, engine: Engine, batch: list[Message]
+        self,
+        stop: threading.Event,
+        producer: Producer,
+        consumer: Consumer,
+        engine: Engine,
+        batch: list[Message],
     ) -> None:
         offsets: dict[tuple[str, int], int] = {}
         for msg in batch:
             error = msg.error()
             if error is not None:
                 if error.fatal():
-                    raise AlertError(f"the consumer failed: {error.str()}")
-                log.warning("consumer: %s", error.str())
+                    raise AlertError(f"the consumer failed: {error.str()}; {_RESTART}")
+                self.link.on_error(error)
                 continue
             self._apply(engine, msg)
             offsets[(str(msg.topic()), int(msg.partition() or 0))] = int(msg.offset() or 0) + 1
+        if batch and len(offsets) > 0:
+            self.link.reachable()
         effects = engine.drain()
         states = engine.store.take_dirty()
         if not offsets and not effects and not states:
             return
         topics = self.config.topics
-        producer.begin_transaction()
+        self._call(stop, "begin a Kafka transaction", producer.begin_transaction, attempts=1)
         for alert in effects.alerts:
             self._produce(producer, topics.alerts, alert["key"], alert)
         for flag in effects.maintenance:
@@ -274,12 +473,18 @@ class AlertService:
         for key, state in states:
             self._produce(producer, topics.alert_state, key, state)
         if offsets:
-            producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                consumer.consumer_group_metadata(),
-                _TIMEOUT_S,
+            positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            group = consumer.consumer_group_metadata()
+            self._call(
+                stop,
+                "add the consumer offsets to the Kafka transaction",
+                lambda: producer.send_offsets_to_transaction(positions, group, _TXN_TIMEOUT_S),
             )
-        self._commit(producer)
+        self._call(
+            stop,
+            "commit a Kafka transaction",
+            lambda: producer.commit_transaction(_TXN_TIMEOUT_S),
+        )
         self.counters.alerts += len(effects.alerts)
         self.counters.transactions += 1
 
@@ -292,20 +497,68 @@ class AlertService:
                 return
             except BufferError:
                 producer.poll(0.1)  # the local queue is full: let librdkafka send, then retry
-
-    @staticmethod
-    def _commit(producer: Producer) -> None:
-        while True:
-            try:
-                producer.commit_transaction(_TIMEOUT_S)
-                return
             except KafkaException as exc:
-                error = exc.args[0]
-                if error.retriable():
-                    continue
+                error: KafkaError = exc.args[0]
                 if error.txn_requires_abort():
-                    producer.abort_transaction(_TIMEOUT_S)
-                raise AlertError(
-                    f"a Kafka transaction failed: {error.str()}; restart the service, it "
-                    "restores its state and replays from the last committed offsets"
-                ) from exc
+                    raise _MustAbortError(error) from exc
+                raise AlertError(f"cannot write to {topic!r}: {error.str()}; {_RESTART}") from exc
+
+    def _abort_and_rewind(
+        self, stop: threading.Event, producer: Producer, consumer: Consumer, error: KafkaError
+    ) -> Engine:
+        """Abort the open transaction and go back to what was committed: the consumer to the
+        committed offsets, the engine to the committed state. The replay then writes what the
+        aborted transaction would have written."""
+        log.warning(
+            "aborting a Kafka transaction (%s); replaying from the last committed offsets",
+            error.str(),
+        )
+        self.counters.aborted += 1
+        ABORTED.inc()
+        try:
+            self._call(
+                stop,
+                "abort a Kafka transaction",
+                lambda: producer.abort_transaction(_TXN_TIMEOUT_S),
+            )
+        except _MustAbortError as again:
+            raise AlertError(f"cannot abort a Kafka transaction: {again}; {_RESTART}") from again
+        try:
+            committed = consumer.committed(consumer.assignment(), timeout=_TIMEOUT_S)
+            for position in committed:
+                if position.offset < 0:  # nothing committed yet: auto.offset.reset=earliest
+                    position.offset = OFFSET_BEGINNING
+                consumer.seek(position)
+        except KafkaException as exc:
+            raise AlertError(
+                f"cannot rewind to the committed offsets: {_describe(exc)}; {_RESTART}"
+            ) from exc
+        return Engine(self.rules, self._restore(stop))
+
+
+def _bounded(call: Callable[[], object], timeout: float, what: str) -> None:
+    """`call()` on a helper thread; `_HungError` if it has not returned after `timeout`."""
+    done = threading.Event()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            raised.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="alerts-kafka-call", daemon=True).start()
+    if not done.wait(timeout):
+        raise _HungError(
+            f"librdkafka did not return from the call to {what} within {timeout:.0f} s "
+            f"(librdkafka#5456); {_RESTART}"
+        )
+    if raised:
+        raise raised[0]
+
+
+def _describe(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)

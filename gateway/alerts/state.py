@@ -9,10 +9,11 @@ train. Only records that changed are written, once per transaction.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from pydantic import TypeAdapter
 
 __all__ = [
     "SEEN",
@@ -122,19 +123,33 @@ class StateStore:
         return records
 
     def restore_state(self, key: str, value: bytes) -> None:
-        """Load one record of the alert-state topic (the newest per key wins)."""
-        data = json.loads(value)
-        if key.split("/", 2)[1] == SEEN:
-            seen = DeviceSeen(**data)
+        """Load one record of the alert-state topic (the newest per key wins).
+
+        Raises ValueError, naming what is wrong, for a record that is not a state.
+        """
+        parts = key.split("/", 2)
+        if len(parts) != 3:
+            raise ValueError(f"key {key!r} is not train/rule/sensor")
+        if parts[1] == SEEN:
+            seen = _DEVICE_SEEN.validate_json(value)
+            if seen_key(seen.train_id, seen.device_id) != key:
+                raise ValueError(f"key {key!r} does not match its record")
             self.devices[(seen.train_id, seen.device_id)] = seen
         else:
-            state = RuleState(**data)
+            state = _RULE_STATE.validate_json(value)
             if state.key == key:
                 self.rules[key] = state
             else:  # written under an earlier key layout: its state is not this one's
                 log.info("ignored the alert state under %r (key layout of an earlier release)", key)
 
     def restore_maintenance(self, value: bytes) -> None:
-        """Load one record of the maintenance topic."""
-        flag = Maintenance(**json.loads(value))
+        """Load one record of the maintenance topic; ValueError if it is not one."""
+        flag = _MAINTENANCE.validate_json(value)
         self.maintenance[flag.train_id] = flag
+
+
+# Restore validates types too: a record that loads with a wrong type would fail later, inside
+# the engine, on every restart.
+_DEVICE_SEEN = TypeAdapter(DeviceSeen)
+_RULE_STATE = TypeAdapter(RuleState)
+_MAINTENANCE = TypeAdapter(Maintenance)

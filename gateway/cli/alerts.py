@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from gateway.alerts.config import ServiceConfig, load_service_config
 from gateway.alerts.rules import StaleRule, load_rules
 from gateway.alerts.service import AlertService
 from gateway.cli.console import console
+from gateway.supervise import Supervisor
 from gateway.topics import Topics
 
 __all__ = ["app"]
@@ -68,17 +68,19 @@ def run(
         update["rules_file"] = rules
     service_config = service_config.model_copy(update=update)
     service = AlertService(service_config, load_rules(service_config.rules_file))
-    stop = threading.Event()
+    # The same supervision as in `trackside gateway run`: waits out an unreachable Kafka, and
+    # a failed service is started again (new producer, restore, replay) after a backoff.
+    supervisor = Supervisor("alert service", service.run)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: supervisor.stop())
     console.print(
         f"alert service on {service_config.kafka.bootstrap_servers}, "
         f"rules {service_config.rules_file} (Ctrl-C stops it)"
     )
-    service.run(stop)
+    supervisor.run()
     counters = service.counters
     console.print(
         f"alert service stopped: {counters.readings} readings, {counters.alerts} alerts, "
         f"{counters.duplicates} duplicates, {counters.rejected} rejected, "
-        f"{counters.transactions} transactions"
+        f"{counters.transactions} transactions, {supervisor.restarts} restarts"
     )

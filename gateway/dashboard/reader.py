@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
+    KafkaException,
     TopicPartition,
 )
 
@@ -27,6 +29,12 @@ from gateway.dashboard.fleet import Fleet, RecordKind
 __all__ = ["FleetReader"]
 
 log = logging.getLogger(__name__)
+
+# librdkafka's logical offset "n records before the end" is OFFSET_TAIL_BASE - n.
+_OFFSET_TAIL_BASE = -2000
+# Errors that mean no broker answers: the reader asks again now and then to notice the return.
+_UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+_PROBE_EVERY_S = 2.0
 
 
 class FleetReader:
@@ -54,6 +62,8 @@ class FleetReader:
         self._consumer = kafka_client(Consumer, config, settings)
         self.last_error: str | None = None
         self._last_code: int | None = None
+        self._warned: set[int] = set()  # kinds of trouble logged since Kafka last answered
+        self._last_probe = 0.0
         self.assigned = False
         self._running = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-reader", daemon=True)
@@ -73,7 +83,8 @@ class FleetReader:
 
     def _on_error(self, error: KafkaError) -> None:
         # One line per kind of trouble, not one per reconnect attempt.
-        if error.code() != self._last_code:
+        if error.code() != self._last_code and error.code() not in self._warned:
+            self._warned.add(error.code())
             log.warning(
                 "Kafka at %s: %s (retrying; check --bootstrap-servers if this lasts)",
                 self.config.bootstrap_servers,
@@ -87,8 +98,13 @@ class FleetReader:
         for partition in partitions:
             partition.offset = OFFSET_BEGINNING
             if partition.topic == telemetry:
-                low, high = consumer.get_watermark_offsets(partition, timeout=10, cached=False)
-                partition.offset = max(low, high - self.config.telemetry_backlog)
+                try:
+                    low, high = consumer.get_watermark_offsets(partition, timeout=10, cached=False)
+                    partition.offset = max(low, high - self.config.telemetry_backlog)
+                except KafkaException:
+                    # Kafka went away meanwhile: an exception here would end the reader thread.
+                    # librdkafka finds the same offset itself once Kafka answers again.
+                    partition.offset = _OFFSET_TAIL_BASE - self.config.telemetry_backlog
         consumer.assign(partitions)
         self.assigned = True
 
@@ -106,4 +122,25 @@ class FleetReader:
                 kind = self._kinds.get(msg.topic() or "")
                 if kind is not None:
                     self.fleet.apply(kind, msg.key(), msg.value(), msg.timestamp()[1])
-                    self.last_error = self._last_code = None
+                    self._answered()
+            if not batch and self._last_code in _UNREACHABLE:
+                self._probe()
+
+    def _probe(self) -> None:
+        """While Kafka is away and nothing arrives: one metadata request now and then, so the
+        health turns back to ok when Kafka is back even if no record is written."""
+        now = time.monotonic()
+        if now - self._last_probe < _PROBE_EVERY_S:
+            return
+        self._last_probe = now
+        try:
+            self._consumer.list_topics(timeout=1.0)
+        except KafkaException:
+            return  # still away; already logged
+        self._answered()
+
+    def _answered(self) -> None:
+        if self._last_code in _UNREACHABLE:
+            log.warning("Kafka at %s reachable again", self.config.bootstrap_servers)
+        self._warned.clear()
+        self.last_error = self._last_code = None

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+from bridge.config import ConnectorConfig
+from gateway import runtime
+from gateway.alerts import AlertError
+from gateway.alerts.config import KafkaSettings, ServiceConfig
+from gateway.alerts.service import AlertService
+from gateway.config import EmbeddedBroker, GatewayConfig, HttpSettings
 from gateway.localkafka import free_port
 from gateway.registry import Registry
+from gateway.topics import Topics
 from tests.bridge.streams import publish_readings, read_topic, seqs_by_device
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.mqtt import BrokerHandle
@@ -110,3 +122,101 @@ def test_gateway_run_end_to_end(tmp_path: Path, kafka: KafkaService) -> None:
         if gateway.poll() is None:
             gateway.kill()
         log.close()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `condition` until it is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _restarts() -> float:
+    sample = REGISTRY.get_sample_value(
+        "trackside_worker_restarts_total", {"worker": "alert service"}
+    )
+    return sample or 0.0
+
+
+async def test_a_failing_alert_service_is_restarted_while_the_connectors_keep_running(
+    tmp_path: Path,
+    kafka: KafkaService,
+    mosquitto: BrokerHandle,
+    unique_topic: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topics = Topics.with_prefix(unique_topic)
+    started: list[AlertService] = []
+
+    class FailsTwice(AlertService):
+        """Fails like a fenced or broken producer on its first two runs."""
+
+        def run(self, stop: threading.Event) -> None:
+            started.append(self)
+            if len(started) <= 2:
+                raise AlertError("the Kafka producer failed (test)")
+            super().run(stop)
+
+    monkeypatch.setattr(runtime, "AlertService", FailsTwice)
+    connector = ConnectorConfig.model_validate(
+        {
+            "name": "telemetry",
+            "mqtt": {
+                "host": mosquitto.host,
+                "port": mosquitto.port,
+                "client_id": f"gw-{uuid.uuid4().hex[:6]}",
+                "topics": [f"{unique_topic}/v1/+/+/telemetry"],
+                "topic_pattern": f"{unique_topic}/v1/{{train_id}}/{{device_id}}/telemetry",
+            },
+            "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "topic": topics.telemetry},
+            "spool": {"path": str(tmp_path / "spool")},
+        }
+    )
+    config = GatewayConfig(
+        broker=EmbeddedBroker(enabled=False),
+        connectors=(connector,),
+        http=HttpSettings(port=0),
+        alerts=ServiceConfig(
+            kafka=KafkaSettings(
+                bootstrap_servers=kafka.bootstrap_servers,
+                group_id=f"{unique_topic}-alerts",
+                transactional_id=f"{unique_topic}-alerts-0",
+            ),
+            topics=topics,
+        ),
+    )
+    restarts_before = _restarts()
+    stop = asyncio.Event()
+    ready: list[str] = []
+    with caplog.at_level(logging.ERROR, logger="gateway.supervise"):
+        gateway = asyncio.create_task(runtime.run_gateway(config, ready.append, stop))
+        try:
+            await asyncio.to_thread(
+                wait_until, lambda: "alert service running" in ready, 60, "the gateway up"
+            )
+            # Readings flow through the connector while the alert service fails and restarts.
+            await asyncio.to_thread(publish_readings, mosquitto, unique_topic, [("T7", 7)], 30)
+            records = await asyncio.to_thread(read_topic, kafka.bootstrap_servers,
+                                              topics.telemetry, 30)  # fmt: skip
+            assert seqs_by_device(records)[7] == list(range(30))
+            await asyncio.to_thread(
+                wait_until,
+                lambda: len(started) == 3 and started[-1].ready.is_set(),
+                60,
+                "the alert service running after two failures",
+            )
+            assert not gateway.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(gateway, 60)
+    assert _restarts() - restarts_before == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.supervise"]
+    assert [line.rsplit(";", 1)[-1] for line in lines] == [
+        " restarting it in 1 s",
+        " restarting it in 2 s",
+    ]
+    assert all(line.startswith("alert service failed: the Kafka producer failed (test)")
+               for line in lines)  # fmt: skip

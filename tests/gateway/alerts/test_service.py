@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from gateway.alerts.config import KafkaSettings, ServiceConfig
 from gateway.alerts.rules import RuleSet
 from gateway.alerts.service import AlertService
 from gateway.topics import Topics
-from tests.fixtures.kafka import KafkaService
+from tests.fixtures.kafka import KafkaService, LocalKafkaHandle
 from tests.fixtures.processes import active_logs
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ class TopicReader:
                 "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
-                "log_level": 3,
+                "log_level": 0,
             }
         )
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -307,3 +308,183 @@ def test_policy_disables_a_flagged_train_and_a_clear_enables_it(
         stop.set()
         runner.join(60)
     assert service.counters.rejected == 1
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `condition` until it is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _state(train: str, state: str, value: float) -> bytes:
+    return json.dumps(
+        {
+            "train_id": train,
+            "rule": "hot",
+            "device_id": 7,
+            "sensor": "bearing_left_temp",
+            "state": state,
+            "since_ms": 1_767_225_600_000,
+            "value": value,
+            "ts_ms": 1_767_225_600_000,
+            "ref_ts_ms": None,
+            "ref_value": None,
+            "acked_by": None,
+            "acked_at_ms": None,
+        }
+    ).encode()
+
+
+def test_a_malformed_state_record_is_skipped_and_restore_goes_on(
+    kafka: KafkaService,
+    unique_topic: str,
+    readers: Callable[[str], TopicReader],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topics = Topics.with_prefix(unique_topic)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    seen_wrong_type = json.dumps(
+        {"train_id": "T3", "device_id": 7, "boot_id": "x", "seq": 1, "arrival_ms": 5}
+    ).encode()
+    malformed = [
+        ("T1/hot/7/bearing_left_temp", b"{not json"),
+        ("T2/hot/7/bearing_left_temp", b'{"train_id": "T2"}'),  # fields missing
+        ("T3/_seen/7", seen_wrong_type),
+        ("no-slashes", _state("T4", "firing", 130.0)),
+    ]
+    for key, value in malformed:
+        producer.produce(topics.alert_state, value, key.encode())
+    t5_key = b"T5/hot/7/bearing_left_temp"
+    producer.produce(topics.alert_state, _state("T5", "firing", 131.0), t5_key)
+    producer.produce(topics.maintenance, b"[]", b"T6")
+    assert producer.flush(30) == 0
+
+    rules = RuleSet.model_validate(
+        {
+            "rules": [{"name": "hot", "kind": "threshold", "channels": ["bearing_left_temp"],
+                       "above": 120, "clear": 100}],
+            "policy": {"flag_severities": []},
+        }
+    )  # fmt: skip
+    config = ServiceConfig(
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=f"{unique_topic}-alerts",
+            transactional_id=f"{unique_topic}-alerts-0",
+        ),
+        topics=topics,
+    )
+    service = AlertService(config, rules)
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    alerts = readers(topics.alerts)
+    with caplog.at_level(logging.WARNING, logger="gateway.alerts"):
+        runner.start()
+        try:
+            assert service.ready.wait(60)
+            # T5's firing state was restored behind the malformed records: a cool reading
+            # resolves it (a fresh state would stay inactive and write nothing).
+            producer.produce(topics.telemetry, _reading("T5", 1, 50.0), b"T5")
+            assert producer.flush(30) == 0
+            (resolved,) = alerts.wait(lambda r: len(r) == 1)
+            assert (resolved["train_id"], resolved["state"]) == ("T5", "resolved")
+        finally:
+            stop.set()
+            runner.join(60)
+    assert service.counters.state_skipped == len(malformed) + 1  # + the maintenance record
+    skipped = [r.getMessage() for r in caplog.records if "malformed state record" in r.getMessage()]
+    assert len(skipped) == len(malformed) + 1
+    assert all("\n" not in line for line in skipped)  # one line each
+
+
+def _lines(log: Path, text: str) -> list[str]:
+    return [line for line in log.read_text(errors="replace").splitlines() if text in line]
+
+
+def _send_through_a_kafka_crash(
+    broker: LocalKafkaHandle, producer: Producer, topic: str, readings: list[float]
+) -> None:
+    """Send T2's readings; Kafka is SIGKILLed after a third of them and started again 8 s
+    later. Readings sent meanwhile wait in the producer, as they would in the bridge."""
+    for seq, value in enumerate(readings, start=1):
+        producer.produce(topic, _reading("T2", seq, value), b"T2")
+        producer.poll(0)
+        if seq == len(readings) // 3:
+            broker.kill()
+            killed = time.monotonic()
+        time.sleep(0.1)  # the pace of the simulated device, not a wait for a result
+    wait_until(lambda: time.monotonic() - killed >= 8, 30, "8 s of Kafka away")
+    broker.start()
+    assert producer.flush(60) == 0
+
+
+def test_waits_for_kafka_then_catches_up_exactly_once_and_survives_a_kafka_crash(
+    kafka_factory: Callable[[], LocalKafkaHandle], unique_topic: str, tmp_path: Path
+) -> None:
+    broker = kafka_factory()
+    broker.stop()
+    topics = Topics.with_prefix(unique_topic)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(HOT_RULES)
+    log = tmp_path / "alerts.log"
+    service = _service(KafkaService(broker.bootstrap_servers), unique_topic, rules, log)
+    producer = Producer(
+        {"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 5, "log_level": 0}
+    )
+    alerts: TopicReader | None = None
+    try:
+        # Kafka is away for 20 s after the service started: it waits, and says so once.
+        started = time.monotonic()
+        wait_until(lambda: _lines(log, "Kafka unreachable"), 30, "the outage logged")
+        wait_until(lambda: time.monotonic() - started >= 20, 30, "20 s of outage")
+        assert service.poll() is None
+        outage_lines = log.read_text(errors="replace").splitlines()
+        broker.start()
+        back = time.monotonic()
+        wait_until(lambda: _lines(log, "alert service running"), 60, "the service running")
+        running_after = time.monotonic() - back
+        alerts = TopicReader(broker.bootstrap_servers, topics.alerts)
+        for seq, value in enumerate([130.0, 50.0], start=1):
+            producer.produce(topics.telemetry, _reading("T1", seq, value), b"T1")
+        assert producer.flush(30) == 0
+        alerts.wait(lambda r: len(r) == 2)
+        caught_up_after = time.monotonic() - back
+
+        crash_readings = [v for _ in range(6) for v in PATTERN]
+        _send_through_a_kafka_crash(broker, producer, topics.telemetry, crash_readings)
+        back = time.monotonic()
+        events = alerts.wait(lambda r: len(r) == 2 + 12, timeout=180)
+        crash_caught_up_after = time.monotonic() - back
+    finally:
+        service.send_signal(signal.SIGTERM)
+        exit_code = service.wait(60)
+        if alerts is not None:
+            alerts.close()
+    assert exit_code == 0
+
+    # Exactly once: each expected event once and nothing else (read_committed).
+    keys = Counter((e["train_id"], e["state"], e["ts_ms"]) for e in events)
+    expected = Counter(
+        ("T2", state, 1_767_225_600_000 + seq * 1000)
+        for cycle in range(6)
+        for state, seq in (("firing", cycle * 4 + 2), ("resolved", cycle * 4 + 4))
+    )
+    expected[("T1", "firing", 1_767_225_600_000 + 1000)] = 1
+    expected[("T1", "resolved", 1_767_225_600_000 + 2000)] = 1
+    assert (keys - expected, expected - keys) == (Counter(), Counter())
+
+    # The 20 s outage: one line instead of librdkafka's hundreds, nothing of librdkafka's own.
+    outage_log = "\n".join(outage_lines)
+    assert outage_log.count("Kafka unreachable") == 1
+    assert "|FAIL|" not in outage_log
+    assert not _lines(log, "|FAIL|")
+    assert _lines(log, "Kafka reachable again")
+    print(
+        f"\nlog lines during the 20 s outage: {len(outage_lines)}; after Kafka was back: "
+        f"service running in {running_after:.1f} s, first alerts readable in "
+        f"{caught_up_after:.1f} s; after the crash: alerts readable in "
+        f"{crash_caught_up_after:.1f} s; whole log: {len(log.read_text().splitlines())} lines"
+    )
