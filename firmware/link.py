@@ -10,8 +10,8 @@ from umqtt.simple import MQTTClient
 OFFLINE = b'{"state":"offline"}'
 
 
-# umqtt.simple 1.3.4 writes a PUBLISH in four pieces, and Nagle's algorithm holds all but the
-# first back until the broker's delayed ACK: 44 ms a QoS 1 publish on Linux, 22 readings/s
+# umqtt.simple 1.3.4 writes a PUBLISH in five pieces, and Nagle's algorithm holds all but the
+# first back until the broker's delayed ACK: 44 ms a QoS 1 publish on Linux, 23 readings/s
 # draining an outbox (docs/firmware.md). This publish makes the same packet and sends it in
 # one write, so it leaves at once, and as one record under TLS (where TCP_NODELAY is no help:
 # umqtt wraps the socket inside connect()). Its packet id wraps from 65535 to 1; umqtt's would
