@@ -36,8 +36,8 @@ def test_frames_come_back_identical_in_order_whatever_their_length_and_flags() -
 def test_a_full_outbox_drops_the_oldest_and_counts_it() -> None:
     outbox = Outbox(4, FRAME_MAX)
     frames = [_frame(seq, flags=seq % 2) for seq in range(10)]
-    for frame in frames:
-        outbox.put(frame)
+    dropped = [outbox.put(frame) for frame in frames]
+    assert dropped == [False] * 4 + [True] * 6  # put() says when it dropped one (app: status due)
     assert outbox.dropped == 6 and len(outbox) == 4
     assert _drain(outbox) == frames[6:]
 
