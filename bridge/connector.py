@@ -13,6 +13,12 @@ The hot path is batched: the MQTT client hands over up to a few hundred readings
 are converted, admitted under one lock round and produced; a successful delivery report only
 appends to a queue, and after each round of reports one pass frees their in-flight slots,
 updates the metrics and queues their PUBACKs, which go out in one write.
+
+Faults are handled or fatal, never silent: every worker thread (MQTT reader and pinger, Kafka
+poll, spool writer, replay, command relay) that ends by surprise fails the connector, which
+`status()` reports and the process turns into a non-zero exit. A record Kafka refuses for good
+becomes a dead letter (bridge.kafka_sink); Kafka going away switches to the spool at once;
+a spool that cannot be written holds the readings unacknowledged and says so in `status()`.
 """
 
 from __future__ import annotations
@@ -22,15 +28,16 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from bridge.commands import CommandRelay
 from bridge.config import ConnectorConfig
-from bridge.kafka_sink import KafkaSink
+from bridge.kafka_sink import KafkaSink, SinkError, classify
 from bridge.metrics import (
     DEAD_LETTERED,
     DELIVERED,
@@ -40,12 +47,15 @@ from bridge.metrics import (
     RECEIVED,
     REPLAYED,
     SPOOL_BYTES,
+    SPOOL_ERRORS,
+    SPOOL_QUARANTINED,
     SPOOLED,
 )
-from bridge.mqtt_source import Ack, MqttSourceClient, Received
+from bridge.mqtt_source import MqttSourceClient
 from bridge.pipeline import Pipeline
 from bridge.record import KafkaRecord
-from bridge.spool import Spool
+from bridge.source import Ack, Received, SourceFactory
+from bridge.spool import Spool, SpoolError
 
 __all__ = ["Connector", "ConnectorStatus", "tune_gc_for_streaming"]
 
@@ -61,6 +71,7 @@ GC_GEN0_THRESHOLD = 20000
 # A reading produced straight to Kafka: the record (spooled if Kafka refuses it), its PUBACK, and
 # its MQTT receive time for the latency histogram, or 0.0 when not sampled (one per batch).
 InFlight = tuple[KafkaRecord, Ack, float]
+_NO_REPORT = object()  # no delivery report arrived in time
 
 
 def tune_gc_for_streaming() -> None:
@@ -83,19 +94,36 @@ class ConnectorStatus:
     state: Literal["running", "paused", "failed", "stopped"]
     mode: Literal["direct", "spooling"]
     spool_bytes: int
-    reason: str | None = None
+    reason: str | None = None  # why it failed
+    kafka: Literal["reachable", "unreachable"] = "reachable"
+    problem: str | None = None  # running, but a person should look (e.g. the spool's disk)
+
+    @property
+    def healthy(self) -> bool:
+        """Running (or paused on purpose) with nothing a person must fix."""
+        return self.state in ("running", "paused") and self.problem is None
 
 
 class Connector:
-    """One configured connector; `start()`, `stop()`, `pause()`, `resume()`, `status()`."""
+    """One configured connector; `start()`, `stop()`, `pause()`, `resume()`, `status()`.
 
-    def __init__(self, config: ConnectorConfig) -> None:
+    Readings come from an MQTT subscription unless `source` makes another source (the
+    embedded broker's in-process intake, gateway.intake).
+    """
+
+    def __init__(self, config: ConnectorConfig, source: SourceFactory | None = None) -> None:
         self.config = config
         self.name = config.name
         self.pipeline = Pipeline(config)
-        self.spool = Spool(config.spool.path, config.spool.max_bytes, config.spool.segment_bytes)
-        self.source = MqttSourceClient(config.mqtt, self._on_messages)
-        self.sink = KafkaSink(config, after_poll=self._end_round)
+        labels = {"connector": self.name}
+        self._spool_errors = SPOOL_ERRORS.labels(**labels)
+        self.spool = Spool(
+            config.spool.path,
+            config.spool.max_bytes,
+            config.spool.segment_bytes,
+            on_quarantine=SPOOL_QUARANTINED.labels(**labels).inc,
+        )
+        self.source = (source or partial(MqttSourceClient, config.mqtt))(self._on_messages)
         self.commands = CommandRelay(config, self.source) if config.commands else None
         self._cv = threading.Condition()
         self._spooling = not self.spool.empty()
@@ -108,11 +136,12 @@ class Connector:
         self._writing = 0
         self._state: Literal["running", "paused", "failed", "stopped"] = "stopped"
         self._reason: str | None = None
+        self._kafka_reachable = True
+        self._spool_problems: dict[str, str] = {}  # "read" or "write": what went wrong
         self._stop = threading.Event()
-        self._replayer = threading.Thread(target=self._replay, name="spool-replay", daemon=True)
-        self._writer = threading.Thread(target=self._write_spool, name="spool-write", daemon=True)
+        self._replayer = self._worker(self._replay, "spool-replay")
+        self._writer = self._worker(self._write_spool, "spool-write")
         # Metric children bound once: a label lookup per reading costs more than the update.
-        labels = {"connector": self.name}
         self._received = RECEIVED.labels(**labels)
         self._delivered_count = DELIVERED.labels(**labels)
         self._dropped = DROPPED.labels(**labels)
@@ -125,11 +154,19 @@ class Connector:
         IN_FLIGHT.labels(**labels).set_function(lambda: self._in_flight + len(self._pending))
         self._dead_letter_topic = config.errors.deadletterqueue_topic_name
         self.received = 0
+        # Last: its callbacks use everything above.
+        self.sink = KafkaSink(
+            config,
+            after_poll=self._end_round,
+            on_kafka=self._on_kafka,
+            on_dead_letter=self._dead_lettered.inc,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect to both sides and start moving readings."""
+        self.sink.start()
         self._replayer.start()
         self._writer.start()
         self.source.start()
@@ -138,19 +175,23 @@ class Connector:
         self._state = "running"
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Drain: let Kafka acknowledge what is in flight (PUBACKs go out), then disconnect."""
+        """Take no more readings, make every reading taken safe (Kafka or the spool) and send
+        its PUBACK, then disconnect. What is not safe within `timeout` stays unacknowledged:
+        the device or the broker sends it again."""
+        self.source.stop_intake()
         if self.commands:
             self.commands.stop()
-        self.sink.flush(timeout)
+        remaining = self.sink.flush(timeout)
         self._end_round()  # the reports flush() served in this thread
-        self.source.stop()
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
-        self._replayer.join(timeout)
         self._writer.join(timeout)
-        self.sink.close(timeout)
+        self._replayer.join(timeout)
+        self.source.stop()
+        self.sink.close(1.0 if remaining else timeout)
         self.spool.close()
+        log.info("connector %s stopped (%d readings left unacknowledged)", self.name, remaining)
         # The gauge's function holds this connector; a stopped one has nothing in flight.
         IN_FLIGHT.labels(connector=self.name).set_function(lambda: 0)
         if self._state != "failed":
@@ -169,14 +210,40 @@ class Connector:
             self._state = "running"
 
     def status(self) -> ConnectorStatus:
-        """State, mode and spool use, with the reason when failed."""
+        """State, mode and spool use, with the reason when failed; a worker thread found dead
+        here fails the connector."""
+        if self._state == "running":
+            failure = self._worker_failure()
+            if failure is not None:
+                self._fail(failure)
         return ConnectorStatus(
             self.name,
             self._state,
             "spooling" if self._spooling else "direct",
             self.spool.used_bytes,
             self._reason,
+            "reachable" if self._kafka_reachable else "unreachable",
+            "; ".join(self._spool_problems.values()) or None,
         )
+
+    def _worker_failure(self) -> str | None:
+        for thread in (self._replayer, self._writer):
+            if not thread.is_alive() and not self._stop.is_set():
+                return f"thread {thread.name} ended"
+        commands_failure = self.commands.failure if self.commands else None
+        return commands_failure or self.source.worker_failure() or self.sink.worker_failure()
+
+    def _worker(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """A daemon thread whose unexpected exception fails the connector."""
+
+        def run() -> None:
+            try:
+                target()
+            except Exception as exc:
+                log.exception("thread %s of connector %s failed", name, self.name)
+                self._fail(f"thread {name} failed: {exc!r}")
+
+        return threading.Thread(target=run, name=name, daemon=True)
 
     # -- the path of one reading -------------------------------------------------------------
 
@@ -228,8 +295,12 @@ class Connector:
                 admitted = min(total - done, max(self._max_in_flight - self._in_flight, 1))
                 self._in_flight += admitted
             produce, delivered = self.sink.produce, self._delivered
-            for entry in records[done : done + admitted]:
-                produce(entry[0], partial(delivered, entry))
+            try:
+                for entry in records[done : done + admitted]:
+                    produce(entry[0], partial(delivered, entry))
+            except SinkError as exc:
+                self._fail(str(exc))
+                return
             done += admitted
 
     def _queue_for_spool(self, records: list[InFlight]) -> None:
@@ -246,18 +317,44 @@ class Connector:
             self._cv.notify_all()
 
     def _delivered(self, entry: InFlight, err: KafkaError | None, _msg: Any) -> None:
-        """Kafka's report on one reading (poll thread): queue it for `_end_round`, or spool it."""
+        """Kafka's report on one reading (poll thread): queue it for `_end_round`, or spool it
+        (its dead letter, if Kafka refused it for good), or fail on a fatal error."""
         if err is None:
             self._reported.append(entry)
             return
+        record = entry[0]
+        severity = classify(err)
+        if severity == "fatal":
+            self._fail(f"Kafka producer: {err.str()}")
+        elif severity == "permanent":
+            try:
+                record = self.sink.dead_letter(record, err.str())
+            except SinkError as exc:
+                self._fail(str(exc))
         with self._cv:
             self._in_flight -= 1
             if not self._spooling:
-                log.warning("Kafka did not take a reading (%s): spooling", err)
+                log.warning("Kafka did not take a reading (%s): spooling", err.str())
             self._spooling = True
-            self._pending.append((entry[0], entry[1]))
+            if self._state != "failed":
+                self._pending.append((record, entry[1]))
             self._release_throttle()
             self._cv.notify_all()
+
+    def _on_kafka(self, event: Literal["down", "fatal"], text: str) -> None:
+        """librdkafka's error callback (poll thread): spool at once, or fail."""
+        if event == "fatal":
+            self._fail(text)
+            return
+        with self._cv:
+            if self._kafka_reachable:
+                log.warning("Kafka unreachable (%s): readings go to the spool", text)
+            self._kafka_reachable = False
+            self._spooling = True
+            self._cv.notify_all()
+        # What waits unsent fails now, in order, into the spool: devices wait no longer
+        # than for what was already sent.
+        self.sink.purge_queued()
 
     def _end_round(self) -> None:
         """After a round of reports: free the slots, count, and send the PUBACKs in one write."""
@@ -297,11 +394,8 @@ class Connector:
                 batch, self._pending = self._pending, []
                 self._writing = len(batch)
             records = [record for record, _ in batch]
-            size = sum(len(r.value) + len(r.topic) + 64 for r in records)
-            while not self.spool.has_room(size) and not self._stop.is_set():
-                log.warning("the spool is full (%d bytes): holding readings", self.spool.max_bytes)
-                self._stop.wait(1.0)
-            self.spool.append(records)
+            if not self._append_to_spool(records):
+                return  # stopping: what was not written stays unacknowledged
             self._spooled.inc(len(records))
             self._spool_bytes.set(self.spool.used_bytes)
             self.source.ack_all([ack for _, ack in batch])
@@ -310,51 +404,151 @@ class Connector:
                 self._writing = 0
                 self._cv.notify_all()
 
+    def _append_to_spool(self, records: list[KafkaRecord]) -> bool:
+        """Write with one fsync, waiting while the spool is full or its disk refuses (the
+        readings stay unacknowledged: backpressure); False if stopped first."""
+        # An upper bound of the encoded size (names are stored once per segment).
+        size = sum(
+            len(r.value) + len(r.key or b"") + sum(len(v) + 2 for _, v in r.headers) + 20
+            for r in records
+        )
+        while not self._stop.is_set():
+            if not self.spool.has_room(size):
+                problem = f"the spool is full ({self.spool.max_bytes} bytes): holding readings"
+            else:
+                try:
+                    self.spool.append(records)
+                except SpoolError as exc:
+                    self._spool_errors.inc()
+                    problem = f"cannot write the spool: {exc}"
+                else:
+                    self._spool_problem("write", None)
+                    return True
+            self._spool_problem("write", problem)
+            self._stop.wait(1.0)
+        return False
+
+    def _spool_problem(self, kind: str, problem: str | None) -> None:
+        """One log line per new problem, and one when it is over; `status()` shows it."""
+        if problem == self._spool_problems.get(kind):
+            return
+        if problem is None:
+            log.info("connector %s: the spool works again", self.name)
+            del self._spool_problems[kind]
+        else:
+            log.error("connector %s: %s", self.name, problem)
+            self._spool_problems[kind] = problem
+
     def _fail(self, reason: str) -> None:
+        """Fatal: stop taking readings (what is not acknowledged is sent again later)."""
+        if self._state == "failed":
+            return
         log.error("connector %s failed: %s", self.name, reason)
         self._reason = reason
         self._state = "failed"
-        self.source.stop()
+        threading.Thread(target=self.source.stop_intake, daemon=True).start()
 
     # -- replay --------------------------------------------------------------------------------
 
     def _replay(self) -> None:
         backoff = 0.5
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._state != "failed":
             with self._cv:
-                if self.spool.empty():
-                    idle = not self._pending and not self._writing and not self._in_flight
-                    if self._spooling and idle:
+                idle = not self._pending and not self._writing and not self._in_flight
+                drained = self.spool.empty()
+            if drained:
+                if self._spooling and idle and self._kafka_answers():
+                    with self._cv:
                         self._spooling = False
-                        log.info("spool drained: readings go straight to Kafka again")
-                    self._cv.wait(0.5)
-                    continue
-            records, position = self.spool.read(REPLAY_BATCH)
-            if self._deliver_in_order(records):
-                self.spool.commit(position)
-                self._replayed.inc(len(records))
-                self._spool_bytes.set(self.spool.used_bytes)
+                    log.info("spool drained: readings go straight to Kafka again")
                 with self._cv:
-                    self._cv.notify_all()
+                    self._cv.wait(0.5 if self._kafka_reachable else backoff)
+                backoff = 0.5 if self._kafka_reachable else min(backoff * 2, 5.0)
+                continue
+            try:
+                complete = self._replay_batch()
+                self._spool_problem("read", None)
+            except SpoolError as exc:
+                self._spool_errors.inc()
+                self._spool_problem("read", f"cannot read the spool: {exc}")
+                complete = False
+            if complete:
                 backoff = 0.5
             else:
-                self.spool.rewind()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _deliver_in_order(self, records: list[KafkaRecord]) -> bool:
-        """Produce a batch and wait for every report; True if Kafka took all of it."""
-        outcome = {"failed": 0, "pending": len(records)}
+    def _replay_batch(self) -> bool:
+        """Deliver the spool's next batch and commit what Kafka took, in order; True if all.
+        A failure part-way commits the records before it, so they are not sent again."""
+        records, position = self.spool.read(REPLAY_BATCH)
+        taken = self._deliver_in_order(records) if records else 0
+        if taken == len(records):
+            self.spool.commit(position)  # an empty batch: damage set aside, skip past it
+        else:
+            self.spool.rewind()
+            if taken:
+                self.spool.commit(self.spool.read(taken)[1])
+        if taken:
+            self._kafka_back()
+            self._replayed.inc(taken)
+            self._spool_bytes.set(self.spool.used_bytes)
+            with self._cv:
+                self._cv.notify_all()
+        return taken == len(records)
+
+    def _kafka_answers(self) -> bool:
+        """While Kafka was reported unreachable and nothing is spooled, ask it for metadata."""
+        if not self._kafka_reachable:
+            try:
+                self.sink.producer.list_topics(timeout=1.0)
+            except KafkaException:
+                return False
+            self._kafka_back()
+        return True
+
+    def _kafka_back(self) -> None:
+        if not self._kafka_reachable:
+            log.info("Kafka answers again: replaying the spool")
+            self._kafka_reachable = True
+
+    def _deliver_in_order(self, records: list[KafkaRecord]) -> int:
+        """Produce a batch and wait for the reports: how many leading records Kafka took
+        (a record it refused for good counts once its dead letter is taken)."""
+        try:
+            reports = self._produce_and_wait(records)
+            taken = 0
+            for record, err in zip(records, reports, strict=True):
+                if err is _NO_REPORT:
+                    break
+                if err is not None:
+                    severity = classify(err)
+                    if severity == "fatal":
+                        self._fail(f"Kafka producer: {err.str()}")
+                    if severity != "permanent":
+                        break
+                    dead_letter = self.sink.dead_letter(record, err.str())
+                    if self._produce_and_wait([dead_letter]) != [None]:
+                        break
+                taken += 1
+        except SinkError as exc:
+            self._fail(str(exc))
+            return 0
+        return taken
+
+    def _produce_and_wait(self, records: list[KafkaRecord]) -> list[Any]:
+        """Each record's report: None (delivered), its KafkaError, or _NO_REPORT in time."""
+        reports: list[Any] = [_NO_REPORT] * len(records)
+        pending = [len(records)]
         done = threading.Event()
 
-        def report(err: KafkaError | None, _msg: Any) -> None:
-            if err is not None:
-                outcome["failed"] += 1
-            outcome["pending"] -= 1
-            if outcome["pending"] == 0:
+        def report(index: int, err: KafkaError | None, _msg: Any) -> None:
+            reports[index] = err
+            pending[0] -= 1
+            if pending[0] == 0:
                 done.set()
 
-        for record in records:
-            self.sink.produce(record, report)
+        for index, record in enumerate(records):
+            self.sink.produce(record, partial(report, index))
         done.wait(self.config.spool.delivery_timeout_ms / 1000 + 5)
-        return done.is_set() and outcome["failed"] == 0
+        return reports

@@ -18,18 +18,15 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from bridge import BridgeError
 from bridge.config import MqttSource
+from bridge.source import Ack, OnMessages, Publication, Received
 
-__all__ = ["MqttSourceClient", "Publication", "SourceError", "encode_length", "encode_string"]
+__all__ = ["MqttSourceClient", "SourceError", "encode_length", "encode_string"]
 
 log = logging.getLogger(__name__)
-
-Received = tuple[str, bytes, int, int]  # topic, payload, qos, packet id
-Ack = tuple[int, int, int]  # packet id, qos, connection generation
-OnMessages = Callable[[list[Received], int], None]  # a batch, and the generation it came on
 
 _CONNECT, _CONNACK, _PUBLISH, _PUBACK, _SUBSCRIBE, _SUBACK = 1, 2, 3, 4, 8, 9
 _PINGREQ, _PINGRESP, _DISCONNECT = 12, 13, 14
@@ -44,21 +41,6 @@ _puback = struct.Struct(">BBH").pack
 
 class SourceError(BridgeError):
     """The MQTT broker could not be reached or refused the connector."""
-
-
-class Publication:
-    """A QoS 1 publish of ours: `wait_for_publish()` until the broker's PUBACK."""
-
-    def __init__(self) -> None:
-        self.acked = threading.Event()
-
-    def wait_for_publish(self, timeout: float | None = None) -> None:
-        """Wait up to `timeout` seconds for the broker's acknowledgement."""
-        self.acked.wait(timeout)
-
-    def is_published(self) -> bool:
-        """True once the broker acknowledged the message."""
-        return self.acked.is_set()
 
 
 def encode_length(n: int) -> bytes:
@@ -119,7 +101,10 @@ class MqttSourceClient:
         self._next_mid = 0
         self._last_send = self._last_recv = 0.0
         self._stopped = threading.Event()
+        self._taking = False  # the reader hands messages over; cleared by stop_intake()
         self._thread: threading.Thread | None = None
+        self._pinger: threading.Thread | None = None
+        self._failure: str | None = None
 
     @property
     def filters(self) -> list[str]:
@@ -132,16 +117,24 @@ class MqttSourceClient:
     def start(self, timeout: float = 15.0) -> None:
         """Connect, subscribe and wait for the broker's yes."""
         self.refused = None
+        self._failure = None
         self._stopped.clear()
         try:
             self._connect(timeout)
         except SourceError:
             self._stopped.set()
             raise
+        self._taking = True
         self._thread = threading.Thread(
             target=self._run, name=f"mqtt-{self.config.client_id}", daemon=True
         )
         self._thread.start()
+        # Pings do not wait for the reader, which may be held by backpressure for a while.
+        self._pinger = threading.Thread(
+            target=self._ping_while_connected, name=f"mqtt-ping-{self.config.client_id}",
+            daemon=True,
+        )  # fmt: skip
+        self._pinger.start()
         if not self.connected.wait(timeout) or self.refused:
             self.stop()
             raise SourceError(
@@ -149,8 +142,26 @@ class MqttSourceClient:
                 f"subscriptions: {self.refused or 'no answer'}; check the topics and the ACLs"
             )
 
+    def stop_intake(self) -> None:
+        """Read no more messages; the connection stays for the PUBACKs still to come, and what
+        the broker sent and was not handed over is sent again after the next connect."""
+        self._taking = False
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    def worker_failure(self) -> str | None:
+        """Why the reader or the pinger ended while they should run, else None."""
+        if self._failure is not None:
+            return self._failure
+        if self._taking:
+            for thread in (self._thread, self._pinger):
+                if thread is not None and not thread.is_alive():
+                    return f"thread {thread.name} ended"
+        return None
+
     def stop(self) -> None:
         """Send the queued PUBACKs and disconnect; the broker keeps the session."""
+        self._taking = False
         self._stopped.set()
         self.flush_acks()
         with self._lock:
@@ -165,8 +176,9 @@ class MqttSourceClient:
             except OSError:
                 pass  # already gone: the broker keeps the session all the same
             sock.close()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10)
+        for thread in (self._thread, self._pinger):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(10)
 
     # -- acknowledgements and publishing ----------------------------------------------------
 
@@ -297,21 +309,25 @@ class MqttSourceClient:
     # -- the reader thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                self._read()
-            except (OSError, ValueError, IndexError) as exc:  # IndexError: a malformed packet
-                if self._stopped.is_set():
-                    return
-                with self._lock:
-                    self._sock = None
-                self.connected.clear()
-                log.warning("lost the MQTT broker (%s); reconnecting", exc)
-                self._reconnect()
+        try:
+            while self._taking:
+                try:
+                    self._read()
+                except (OSError, ValueError, IndexError) as exc:  # IndexError: malformed packet
+                    if not self._taking:
+                        return
+                    with self._lock:
+                        self._sock = None
+                    self.connected.clear()
+                    log.warning("lost the MQTT broker (%s); reconnecting", exc)
+                    self._reconnect()
+        except Exception as exc:
+            self._failure = f"the MQTT reader failed: {exc!r}"
+            log.exception("the MQTT reader of %s failed", self.config.client_id)
 
     def _reconnect(self) -> None:
         delay = 1.0
-        while not self._stopped.wait(delay):
+        while self._taking and not self._stopped.wait(delay):
             try:
                 self._connect(10.0)
                 return
@@ -324,30 +340,40 @@ class MqttSourceClient:
         if sock is None:
             raise ConnectionError("not connected")
         data, self._rest = self._rest, b""
-        while not self._stopped.is_set():
+        while self._taking:
             if data:
                 data = data[self._parse(data) :]
             self.flush_acks()
             try:
                 chunk = sock.recv(_CHUNK)
             except TimeoutError:
-                self._keepalive()
+                self._check_alive()
                 continue
             if not chunk:
                 raise ConnectionError("the broker closed the connection")
             self._last_recv = time.monotonic()
             data += chunk
 
-    def _keepalive(self) -> None:
-        now = time.monotonic()
-        keepalive = self.config.keepalive_s
-        if now - self._last_recv > 1.5 * keepalive:
-            raise ConnectionError(f"no answer from the broker for {1.5 * keepalive:.0f} s")
-        if now - self._last_send > keepalive / 2:
-            with self._lock:
-                if self._sock is not None:
-                    self._sock.sendall(_packet(_PINGREQ, 0, b""))
-                    self._last_send = now
+    def _check_alive(self) -> None:
+        """While idle: the broker answers pings, so silence means a dead connection."""
+        limit = 1.5 * self.config.keepalive_s
+        if time.monotonic() - self._last_recv > limit:
+            raise ConnectionError(f"no answer from the broker for {limit:.0f} s")
+
+    def _ping_while_connected(self) -> None:
+        half = self.config.keepalive_s / 2
+        try:
+            while not self._stopped.wait(1.0):
+                with self._lock:
+                    if self._sock is not None and time.monotonic() - self._last_send > half:
+                        try:
+                            self._sock.sendall(_packet(_PINGREQ, 0, b""))
+                        except OSError as exc:  # the reader notices and reconnects
+                            log.debug("PINGREQ not sent (%s)", exc)
+                        self._last_send = time.monotonic()
+        except Exception as exc:
+            self._failure = f"the MQTT pinger failed: {exc!r}"
+            log.exception("the MQTT pinger of %s failed", self.config.client_id)
 
     def _parse(self, data: bytes) -> int:
         """Handle every complete packet in `data`; returns how many bytes were consumed."""

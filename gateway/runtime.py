@@ -1,9 +1,12 @@
 """`trackside gateway run`: broker, connectors, alert service, dashboard and HTTP control.
 
-Start order: broker, then connectors (they connect to it), the alert service, the dashboard,
-then HTTP control. A stop (SIGTERM, SIGINT or the `stop` event) stops them in the reverse
-order; each connector drains first, so every reading the broker handed over is either in Kafka
-or in the spool before the process exits.
+Start order: connectors, then the embedded broker's listeners (so no device is acknowledged
+before its connector runs), the alert service, the dashboard, then HTTP control. Connectors
+on the embedded broker take readings in-process (gateway.intake): a device's PUBACK means its
+reading is in Kafka or the spool. A stop (SIGTERM, SIGINT or the `stop` event) stops them in
+the reverse order: each connector first stops taking readings (the broker stops acknowledging
+them), then makes safe and acknowledges what it took, then the broker closes its connections;
+what could not be made safe in time stays unacknowledged, and the devices send it again.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ import signal
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from amqtt.broker import Broker
-from pydantic import SecretStr
 
 from bridge.config import ConnectorConfig
 from bridge.connector import Connector, tune_gc_for_streaming
@@ -24,42 +25,26 @@ from gateway import GatewayError
 from gateway.alerts.config import ServiceConfig
 from gateway.alerts.rules import load_rules
 from gateway.alerts.service import AlertService
-from gateway.broker import broker_config
+from gateway.broker import DurableBroker, publish_check
 from gateway.config import GatewayConfig
 from gateway.dashboard.server import create_app
 from gateway.http_api import make_app
-from gateway.registry import Registry
+from gateway.intake import BrokerIntake
 from gateway.supervise import Supervisor
 
-__all__ = ["GATEWAY_ACCOUNT", "run_gateway"]
+__all__ = ["run_gateway"]
 
 log = logging.getLogger(__name__)
 
-GATEWAY_ACCOUNT = "trackside-gateway"
-
-
-def _for_embedded_broker(config: GatewayConfig) -> tuple[ConnectorConfig, ...]:
-    """Connectors of the embedded broker use its port and MQTT 3.1.1 (amqtt's version) unless
-    told otherwise, and those without a username get fresh credentials of the gateway's own
-    account."""
+def _on_embedded_broker(config: GatewayConfig, connector: ConnectorConfig) -> bool:
+    """Whether a connector takes its readings from the embedded broker, in-process: those
+    that name no other broker (host and port left out, or the embedded broker's own)."""
     if not config.broker.enabled:
-        return config.connectors
-    password = None
-    if config.broker.registry and any(c.mqtt.username is None for c in config.connectors):
-        password = Registry(config.broker.registry).add_service(GATEWAY_ACCOUNT, replace=True)
-    connectors = []
-    for connector in config.connectors:
-        mqtt: dict[str, object] = {}
-        if "protocol" not in connector.mqtt.model_fields_set:
-            mqtt["protocol"] = "3.1.1"
-        if "port" not in connector.mqtt.model_fields_set:
-            mqtt["port"] = config.broker.port
-        if password is not None and connector.mqtt.username is None:
-            mqtt.update(username=GATEWAY_ACCOUNT, password=SecretStr(password))
-        connectors.append(
-            connector.model_copy(update={"mqtt": connector.mqtt.model_copy(update=mqtt)})
-        )
-    return tuple(connectors)
+        return False
+    mqtt, chosen = connector.mqtt, connector.mqtt.model_fields_set
+    same_host = "host" not in chosen or mqtt.host == config.broker.host
+    same_port = "port" not in chosen or mqtt.port == config.broker.port
+    return same_host and same_port
 
 
 async def run_gateway(
@@ -69,7 +54,8 @@ async def run_gateway(
 ) -> None:
     """Run everything in `config` until `stop` is set (default: SIGTERM/SIGINT).
 
-    `on_ready` gets one line per service as it comes up.
+    `on_ready` gets one line per service as it comes up. A connector that fails ends the
+    gateway with GatewayError (the process exits non-zero and systemd starts it again).
     """
     if stop is None:
         stop = asyncio.Event()
@@ -79,17 +65,29 @@ async def run_gateway(
     connectors: dict[str, Connector] = {}
     failures: list[str] = []
     async with contextlib.AsyncExitStack() as services:
+        intakes: list[BrokerIntake] = []
+        plans: list[tuple[ConnectorConfig, BrokerIntake | None]] = []
+        for connector_config in config.connectors:
+            intake = None
+            if _on_embedded_broker(config, connector_config):
+                intake = BrokerIntake(connector_config.name, connector_config.mqtt.topics)
+                intakes.append(intake)
+            plans.append((connector_config, intake))
+        broker = None
         if config.broker.enabled:
-            broker = Broker(broker_config(config.broker))
-            await broker.start()
-            services.push_async_callback(broker.shutdown)
-            on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
-        for connector_config in _for_embedded_broker(config):
-            connector = Connector(connector_config)
+            broker = DurableBroker(config.broker, intakes, publish_check(config.broker))
+            # Shut down after the connectors drained (callbacks run in reverse order).
+            services.push_async_callback(_shutdown_broker, broker)
+        for connector_config, intake in plans:
+            connector = Connector(connector_config, intake.source if intake else None)
+            services.push_async_callback(_stop_connector, connector)
             await asyncio.to_thread(connector.start)
-            services.push_async_callback(asyncio.to_thread, connector.stop)
             connectors[connector.name] = connector
             on_ready(f"connector {connector.name!r} running")
+        if broker is not None:
+            # Listening only now: no device is acknowledged before its connector runs.
+            await broker.start()
+            on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
         if config.alerts is not None:
             await services.enter_async_context(_alert_service(config.alerts, stop, failures))
             on_ready("alert service running")
@@ -104,9 +102,37 @@ async def run_gateway(
             await services.enter_async_context(_site(app, config.http.host, config.http.port))
             on_ready(f"HTTP control on http://{config.http.host}:{config.http.port}/status")
         tune_gc_for_streaming()
-        await stop.wait()
+        await _until_stopped_or_failed(stop, connectors, failures)
+        log.info("stopping: the connectors take no new readings and drain what they took")
+    log.info("gateway stopped")
     if failures:
         raise GatewayError("; ".join(failures))
+
+
+async def _until_stopped_or_failed(
+    stop: asyncio.Event, connectors: dict[str, Connector], failures: list[str]
+) -> None:
+    """Wait for `stop`; a failed connector (its status sees every worker thread) ends the
+    wait with its reason in `failures`."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        for connector in connectors.values():
+            status = connector.status()
+            if status.state == "failed":
+                failures.append(f"connector {connector.name!r} failed: {status.reason}")
+        if failures:
+            return
+
+
+async def _stop_connector(connector: Connector) -> None:
+    await asyncio.to_thread(connector.stop)
+
+
+async def _shutdown_broker(broker: DurableBroker) -> None:
+    if broker.transitions.state == "started":
+        log.info("stopping the embedded MQTT broker")
+        await broker.shutdown()
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,146 @@
+"""A fleet of devices published by paho (a client Trackside did not write) that keeps a ledger
+of every reading the broker acknowledged, and a Kafka reader to check the ledger against."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import defaultdict
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import Consumer
+from paho.mqtt.enums import CallbackAPIVersion
+
+from firmware import wire
+from tests.bridge.streams import STANDARD
+
+__all__ = ["AckLedger", "KafkaTally"]
+
+Reading = tuple[int, int]  # device id, seq
+
+
+class AckLedger:
+    """Devices 1..n of train `train` publish QoS 1 readings at `rate` per second in total,
+    reconnecting whenever the broker goes away; `acked` holds each (device, seq) whose PUBACK
+    arrived. Readings not acknowledged stay in paho's session and are sent again."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        devices: int,
+        rate: float,
+        train: str = "T1",
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        self.devices, self.rate, self.train = devices, rate, train
+        self.acked: set[Reading] = set()
+        self.published = 0
+        self._mids: dict[int, Reading] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"ledger-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )
+        if credentials:
+            self.client.username_pw_set(*credentials)
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_publish = self._on_publish
+        self.client.connect_async(host, port, keepalive=10)
+        self._thread = threading.Thread(target=self._publish, daemon=True)
+
+    def start(self) -> AckLedger:
+        """Connect and publish until `stop()`."""
+        self.client.loop_start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop publishing (what is in flight may still be acknowledged)."""
+        self._stop.set()
+        self._thread.join(10)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def unacked(self) -> int:
+        """Readings published and not yet acknowledged."""
+        with self._lock:
+            return self.published - len(self.acked)
+
+    def _on_publish(self, _c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
+        with self._lock:
+            reading = self._mids.pop(mid, None)
+            if reading is not None:
+                self.acked.add(reading)
+
+    def _publish(self) -> None:
+        seq = 0
+        interval = self.devices / self.rate
+        next_round = time.monotonic()
+        while not self._stop.is_set():
+            for device in range(1, self.devices + 1):
+                frame = wire.encode(device, 1, seq, int(time.time() * 1000), STANDARD)
+                topic = f"trackside/v1/{self.train}/{device}/telemetry"
+                with self._lock:
+                    info = self.client.publish(topic, frame, qos=1)
+                    self._mids[info.mid] = (device, seq)
+                    self.published += 1
+            seq += 1
+            next_round += interval
+            self._stop.wait(max(0.0, next_round - time.monotonic()))
+
+
+class KafkaTally:
+    """Reads a telemetry topic from the start: every (device, seq) seen, in Kafka's order."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"tally-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.subscribe([topic])
+        self.order: dict[int, list[int]] = defaultdict(list)
+        self.seen: set[Reading] = set()
+        self.records = 0
+
+    def poll(self) -> None:
+        """Take what Kafka has now."""
+        for msg in self.consumer.consume(10000, 0.2):
+            if msg.error() is None:
+                reading = json.loads(msg.value())
+                self.order[reading["device_id"]].append(reading["seq"])
+                self.seen.add((reading["device_id"], reading["seq"]))
+                self.records += 1
+
+    def has_all(self, readings: set[Reading]) -> bool:
+        """Poll, then whether every reading in `readings` was seen."""
+        self.poll()
+        return readings <= self.seen
+
+    def out_of_order(self) -> int:
+        """Readings whose first copy came after a newer reading's first copy (per device)."""
+        late = 0
+        for seqs in self.order.values():
+            newest = -1
+            first_copies = dict.fromkeys(seqs)  # first occurrences, in Kafka's order
+            for seq in first_copies:
+                late += seq < newest
+                newest = max(newest, seq)
+        return late
+
+    def close(self) -> None:
+        """Leave the group."""
+        self.consumer.close()
