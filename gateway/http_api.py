@@ -5,32 +5,58 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+from collections.abc import Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge.connector import Connector
+from bridge.connector import Connector, ConnectorStatus
 from gateway.config import HttpSettings
+from gateway.supervise import Supervisor
 
 __all__ = ["make_app"]
 
 
-def make_app(connectors: dict[str, Connector], settings: HttpSettings) -> web.Application:
-    """Routes: GET /healthz, GET /status, POST /connectors/{name}/pause|resume, GET /metrics."""
+def make_app(
+    connectors: dict[str, Connector],
+    settings: HttpSettings,
+    workers: Mapping[str, Supervisor] | None = None,
+) -> web.Application:
+    """Routes: GET /healthz, GET /status, POST /connectors/{name}/pause|resume, GET /metrics.
 
-    def status() -> list[dict[str, object]]:
+    Health is read from the workers themselves: each connector's status (which looks at every
+    thread of it) and each supervised worker (the alert service) by name in `workers`.
+    """
+    workers = workers or {}
+
+    def connector_status() -> list[tuple[ConnectorStatus, dict[str, object]]]:
         return [
-            {**dataclasses.asdict(c.status()), "received": c.received} for c in connectors.values()
+            (s, {**dataclasses.asdict(s), "received": c.received})
+            for c in connectors.values()
+            for s in [c.status()]
         ]
 
+    def worker_status() -> dict[str, dict[str, object]]:
+        return {
+            name: {"state": w.state, "restarts": w.restarts, "failure": w.failure}
+            for name, w in workers.items()
+        }
+
     async def healthz(_: web.Request) -> web.Response:
-        failed = [s for s in status() if s["state"] == "failed"]
-        if failed:
-            return web.json_response({"status": "failed", "connectors": failed}, status=503)
+        statuses = connector_status()
+        unhealthy = [shown for s, shown in statuses if not s.healthy]
+        restarting = {n: w for n, w in worker_status().items() if w["state"] == "restarting"}
+        if unhealthy or restarting:
+            body = {"status": "failed", "connectors": unhealthy, "workers": restarting}
+            return web.json_response(body, status=503)
+        spooling = [shown for s, shown in statuses if s.mode == "spooling"]
+        if spooling:
+            return web.json_response({"status": "spooling", "connectors": spooling})
         return web.json_response({"status": "ok"})
 
     async def get_status(_: web.Request) -> web.Response:
-        return web.json_response({"connectors": status()})
+        connectors_shown = [shown for _, shown in connector_status()]
+        return web.json_response({"connectors": connectors_shown, "workers": worker_status()})
 
     def connector(request: web.Request) -> Connector:
         token = settings.token.get_secret_value() if settings.token else None

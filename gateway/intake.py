@@ -110,6 +110,13 @@ class BrokerIntake:
         """The device went away before its reading was safe: it sends it again."""
         self._waiting.pop(mid, None)
 
+    def abandon(self) -> None:
+        """Before the broker closes: readings not yet safe will never be acknowledged here
+        (their devices send them again), so their waits end now."""
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            future.cancel()
+
     def _release(self, mids: list[int]) -> None:
         waiting = self._waiting
         for mid in mids:

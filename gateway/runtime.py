@@ -36,6 +36,8 @@ __all__ = ["run_gateway"]
 
 log = logging.getLogger(__name__)
 
+BROKER_SHUTDOWN_S = 10
+
 def _on_embedded_broker(config: GatewayConfig, connector: ConnectorConfig) -> bool:
     """Whether a connector takes its readings from the embedded broker, in-process: those
     that name no other broker (host and port left out, or the embedded broker's own)."""
@@ -88,8 +90,9 @@ async def run_gateway(
             # Listening only now: no device is acknowledged before its connector runs.
             await broker.start()
             on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
+        workers: dict[str, Supervisor] = {}
         if config.alerts is not None:
-            await services.enter_async_context(_alert_service(config.alerts, stop, failures))
+            workers["alerts"] = await services.enter_async_context(_alert_service(config.alerts))
             on_ready("alert service running")
         if config.dashboard is not None:
             dashboard = config.dashboard
@@ -98,7 +101,7 @@ async def run_gateway(
             )
             on_ready(f"dashboard on http://{dashboard.host}:{dashboard.port}/")
         if config.http.port:
-            app = make_app(connectors, config.http)
+            app = make_app(connectors, config.http, workers)
             await services.enter_async_context(_site(app, config.http.host, config.http.port))
             on_ready(f"HTTP control on http://{config.http.host}:{config.http.port}/status")
         tune_gc_for_streaming()
@@ -132,7 +135,12 @@ async def _stop_connector(connector: Connector) -> None:
 async def _shutdown_broker(broker: DurableBroker) -> None:
     if broker.transitions.state == "started":
         log.info("stopping the embedded MQTT broker")
-        await broker.shutdown()
+        for intake in broker.intakes:
+            intake.abandon()
+        try:
+            await asyncio.wait_for(broker.shutdown(), BROKER_SHUTDOWN_S)
+        except TimeoutError:
+            log.warning("the embedded MQTT broker did not close within %d s", BROKER_SHUTDOWN_S)
 
 
 @contextlib.asynccontextmanager
@@ -147,9 +155,7 @@ async def _site(app: web.Application, host: str, port: int) -> AsyncIterator[Non
 
 
 @contextlib.asynccontextmanager
-async def _alert_service(
-    config: ServiceConfig, _gateway_stop: asyncio.Event, _failures: list[str]
-) -> AsyncIterator[Supervisor]:
+async def _alert_service(config: ServiceConfig) -> AsyncIterator[Supervisor]:
     """The alert service in a supervised thread: it waits while Kafka is away, and a failure
     restarts it with backoff (one log line and `trackside_worker_restarts_total` each); the
     broker and the connectors keep running either way. Yields the supervisor (`state`,

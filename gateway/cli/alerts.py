@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import typer
 from gateway.alerts.config import ServiceConfig, load_service_config
 from gateway.alerts.rules import StaleRule, load_rules
 from gateway.alerts.service import AlertService
-from gateway.cli.console import console
+from gateway.cli.console import console, log_for_service
 from gateway.supervise import Supervisor
 from gateway.topics import Topics
 
@@ -49,10 +48,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the service does."),
 ) -> None:
     """Run the alert service until SIGTERM or Ctrl-C."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_for_service(verbose)
     service_config = load_service_config(config) if config else ServiceConfig()
     kafka: dict[str, Any] = {}
     if bootstrap_servers:

@@ -12,7 +12,7 @@ from prometheus_client import start_http_server
 from bridge.config import load_config
 from bridge.connector import Connector, tune_gc_for_streaming
 from bridge.pipeline import Pipeline
-from gateway.cli.console import console
+from gateway.cli.console import console, log_for_service
 
 __all__ = ["app"]
 
@@ -37,6 +37,7 @@ def run(
     metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
 ) -> None:
     """Run the connector until SIGTERM or Ctrl-C, then drain and exit."""
+    log_for_service()
     connector = Connector(load_config(config))
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1")

@@ -9,7 +9,7 @@ import typer
 
 from bridge.pipeline import Pipeline
 from gateway.certs import make_certificates
-from gateway.cli.console import console
+from gateway.cli.console import console, log_for_service
 from gateway.config import load_gateway_config
 from gateway.mosquitto import mosquitto_may_read
 from gateway.runtime import run_gateway
@@ -37,6 +37,7 @@ def check(config: Path = CONFIG) -> None:
 @app.command()
 def run(config: Path = CONFIG) -> None:
     """Run broker, connectors and HTTP control until SIGTERM or Ctrl-C, then drain and exit."""
+    log_for_service()
     loaded = load_gateway_config(config)
     asyncio.run(run_gateway(loaded, lambda line: console.print(f"[green]ready[/] {line}")))
     console.print("gateway stopped")

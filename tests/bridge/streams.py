@@ -66,8 +66,14 @@ def publish_readings(
     boot_id: int = 1,
     credentials: tuple[str, str] | None = None,
 ) -> None:
-    """Each (train, device) publishes `count` readings, seq 0..count-1, QoS 1, all acked."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    """Each (train, device) publishes `count` readings, seq 0..count-1, QoS 1, all acked.
+
+    With a device account's credentials (`device-N`) the client id is that device's own
+    (`trackside-N`): brokers bind client ids to accounts."""
+    client_id = f"pub-{uuid.uuid4().hex[:8]}"
+    if credentials and credentials[0].startswith("device-"):
+        client_id = f"trackside-{credentials[0].removeprefix('device-')}"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     if credentials:
         client.username_pw_set(*credentials)
     client.max_inflight_messages_set(200)

@@ -59,7 +59,8 @@ def check_ledger(ledger: AckLedger, tally: KafkaTally) -> None:
     except AssertionError:
         missing = sorted(acked - tally.seen)
         raise AssertionError(f"{len(missing)} acknowledged readings lost: {missing[:20]}") from None
-    assert tally.out_of_order() == 0
+    late = tally.out_of_order()
+    assert not late, f"{len(late)} readings out of order: {late[:10]}"
 
 
 def test_sigkill_under_load_loses_no_acknowledged_reading(
