@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -23,17 +22,9 @@ from bridge.mqtt_source import MqttSourceClient
 from tests.bridge.streams import read_topic
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.mqtt import BrokerHandle
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Return once `condition()` holds; fail the test naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Watcher:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +18,7 @@ from gateway.certs import make_certificates
 from gateway.localkafka import free_port
 from gateway.registry import Registry
 from tests.fixtures.mqtt import BrokerHandle
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,15 +62,6 @@ def secured(
             "--cert", str(cert_file), "--key", str(key_file),
         )  # fmt: skip
     yield Secured(broker, tls_port, ca_file, passwords)
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    """Poll `condition` every 50 ms; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def logged(broker: BrokerHandle, text: str) -> bool:
@@ -237,7 +228,7 @@ def test_a_device_cannot_take_over_the_bridges_or_another_devices_session(
         if secured.broker.name == "amqtt":
             assert reason.is_failure, (victim, reason)
             refused = f"refused MQTT client id '{victim}' for account 'device-2'"
-            wait_until(partial(logged, secured.broker, refused), "the refusal's log line")
+            wait_until(partial(logged, secured.broker, refused), 20, "the refusal's log line")
         else:
             assert not reason.is_failure, (victim, reason)
         impostor.loop_stop()

@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,10 @@ from gateway.config import EmbeddedBroker, GatewayConfig, HttpSettings
 from gateway.localkafka import free_port
 from gateway.registry import Registry
 from gateway.topics import Topics
-from tests.bridge.streams import publish_readings, read_topic, seqs_by_device
+from tests.bridge.streams import Background, publish_readings, read_topic, seqs_by_device
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.mqtt import BrokerHandle
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -97,18 +97,23 @@ def test_gateway_run_end_to_end(tmp_path: Path, kafka: KafkaService) -> None:
         assert status == 200
         assert body["connectors"] == [
             {"name": "telemetry", "state": "running", "mode": "direct", "spool_bytes": 0,
-             "reason": None, "received": 50}
+             "reason": None, "kafka": "reachable", "problem": None, "received": 50}
         ]  # fmt: skip
         assert http("POST", f"{base}/connectors/telemetry/pause")[0] == 401
         assert http("POST", f"{base}/connectors/telemetry/pause", "letmein")[1]["state"] == "paused"
         assert http("POST", f"{base}/connectors/nope/pause", "letmein")[0] == 404
-        publish_readings(
-            device, "trackside", [("T7", 7)], 10, boot_id=2, credentials=("device-7", password)
-        )
+        # Paused: the broker holds the readings unacknowledged until the connector resumes.
+        paused_device = Background(
+            publish_readings,
+            device, "trackside", [("T7", 7)], 10, 0.0, 2, ("device-7", password),
+        )  # fmt: skip
+        paused_device.start()
         assert len(read_topic(kafka.bootstrap_servers, topic, 51, timeout=3)) == 50  # paused
+        assert paused_device.is_alive()  # not acknowledged
         assert http("POST", f"{base}/connectors/telemetry/resume", "letmein")[1]["state"] == (
             "running"
         )
+        paused_device.result(60)
         assert len(read_topic(kafka.bootstrap_servers, topic, 60, settle=1)) == 60  # kept
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
             metrics = response.read().decode()
@@ -122,15 +127,6 @@ def test_gateway_run_end_to_end(tmp_path: Path, kafka: KafkaService) -> None:
         if gateway.poll() is None:
             gateway.kill()
         log.close()
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll `condition` until it is true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def _restarts() -> float:

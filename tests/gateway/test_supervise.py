@@ -6,24 +6,15 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 from prometheus_client import REGISTRY
 
 from gateway import GatewayError
 from gateway.supervise import Backoff, Supervisor
+from tests.fixtures.waiting import wait_until
 
 FAST = Backoff(initial_s=0.01, max_s=0.04, reset_after_s=0.5)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Return once `condition()` holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.005)
 
 
 def restarts(worker: str) -> float:
@@ -57,7 +48,9 @@ def test_a_failing_worker_is_restarted_with_growing_waits(
     supervisor = Supervisor("flaky", worker, FAST)
     with caplog.at_level(logging.ERROR, logger="gateway.supervise"):
         supervisor.start()
-        wait_until(lambda: len(starts) == 5 and supervisor.state == "running")
+        wait_until(
+            lambda: len(starts) == 5 and supervisor.state == "running", 10, "five starts, running"
+        )
     assert supervisor.restarts == 4
     assert supervisor.failure == "Kafka said no; do something"
     assert restarts("flaky") - before == 4
@@ -88,7 +81,7 @@ def test_a_bug_is_logged_with_its_traceback_and_restarted(
     supervisor = Supervisor("buggy", worker, FAST)
     with caplog.at_level(logging.ERROR, logger="gateway.supervise"):
         supervisor.start()
-        wait_until(lambda: runs == 2)
+        wait_until(lambda: runs == 2, 10, "runs == 2")
     assert supervisor.failure == "KeyError: 'oops'"
     (record,) = caplog.records
     assert record.exc_info is not None
@@ -109,7 +102,7 @@ def test_the_wait_starts_again_after_a_long_healthy_run() -> None:
 
     supervisor = Supervisor("healthy-then-not", worker, backoff)
     supervisor.start()
-    wait_until(lambda: len(starts) == 5)
+    wait_until(lambda: len(starts) == 5, 10, "len(starts) == 5")
     # Waits: 0.01, 0.02, then the healthy run resets the backoff: 0.01 again instead of 0.04.
     assert starts[3] - starts[2] < 0.35 + 0.035
     assert supervisor.stop(5)
@@ -126,7 +119,7 @@ def test_returning_without_a_stop_counts_as_a_failure() -> None:
 
     supervisor = Supervisor("quitter", worker, FAST)
     supervisor.start()
-    wait_until(lambda: runs == 2)
+    wait_until(lambda: runs == 2, 10, "runs == 2")
     assert supervisor.failure == "returned without being asked to stop"
     assert supervisor.restarts == 1
     assert supervisor.stop(5)
@@ -142,7 +135,7 @@ def test_stop_interrupts_the_backoff_and_is_not_a_failure() -> None:
 
     supervisor = Supervisor("slow", worker, Backoff(initial_s=30))
     supervisor.start()
-    wait_until(lambda: supervisor.state == "restarting")
+    wait_until(lambda: supervisor.state == "restarting", 10, "supervisor.state == 'restarting'")
     started = time.monotonic()
     assert supervisor.stop(5)
     assert time.monotonic() - started < 1

@@ -25,6 +25,7 @@ from gateway.alerts.service import AlertService
 from gateway.topics import Topics
 from tests.fixtures.kafka import KafkaService, LocalKafkaHandle
 from tests.fixtures.processes import active_logs
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -308,15 +309,6 @@ def test_policy_disables_a_flagged_train_and_a_clear_enables_it(
         stop.set()
         runner.join(60)
     assert service.counters.rejected == 1
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll `condition` until it is true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def _state(train: str, state: str, value: float) -> bytes:
