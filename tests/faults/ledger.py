@@ -34,8 +34,9 @@ class AckLedger:
         rate: float,
         train: str = "T1",
         credentials: tuple[str, str] | None = None,
+        prefix: str = "trackside",
     ) -> None:
-        self.devices, self.rate, self.train = devices, rate, train
+        self.devices, self.rate, self.train, self.prefix = devices, rate, train, prefix
         self.acked: set[Reading] = set()
         self.published = 0
         self._mids: dict[int, Reading] = {}
@@ -99,7 +100,7 @@ class AckLedger:
                 continue
             for device in range(1, self.devices + 1):
                 frame = wire.encode(device, 1, seq, int(time.time() * 1000), STANDARD)
-                topic = f"trackside/v1/{self.train}/{device}/telemetry"
+                topic = f"{self.prefix}/v1/{self.train}/{device}/telemetry"
                 # Not under our lock: paho calls _on_publish holding its own.
                 info = self.client.publish(topic, frame, qos=1)
                 with self._lock:
@@ -139,6 +140,11 @@ class KafkaTally:
                 self.order[reading["device_id"]].append(reading["seq"])
                 self.seen.add((reading["device_id"], reading["seq"]))
                 self.records += 1
+
+    def count(self) -> int:
+        """Poll, then how many records were read so far (duplicates included)."""
+        self.poll()
+        return self.records
 
     def has_all(self, readings: set[Reading]) -> bool:
         """Poll, then whether every reading in `readings` was seen."""

@@ -8,46 +8,18 @@ Kafka, counted by (device, seq), and each device's readings stay in order.
 from __future__ import annotations
 
 import random
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
-from gateway.localkafka import free_port
+from tests.faults.gateway import gateway_process
 from tests.faults.ledger import AckLedger, KafkaTally
 from tests.fixtures.kafka import KafkaService
-from tests.fixtures.processes import LOG_ROOT, ServiceProcess
 from tests.fixtures.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-def gateway(tmp_path: Path, kafka: KafkaService, topic: str) -> ServiceProcess:
-    """A gateway with the embedded broker and one telemetry connector on `topic`."""
-    port = free_port()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "broker": {"port": port},
-                "connectors": [
-                    {
-                        "name": "telemetry",
-                        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "topic": topic},
-                        "errors": {"deadletterqueue_topic_name": f"{topic}.dead-letter"},
-                        "spool": {"path": str(tmp_path / "spool")},
-                    }
-                ],
-                "http": {"port": 0},
-            }
-        )
-    )
-    argv = [sys.executable, "-m", "gateway", "gateway", "run", "-c", str(config)]
-    log_file = LOG_ROOT / f"gateway-{uuid.uuid4().hex[:6]}" / "gateway.log"
-    return ServiceProcess("gateway", argv, "127.0.0.1", port, log_file)
 
 
 def check_ledger(ledger: AckLedger, tally: KafkaTally) -> None:
@@ -67,7 +39,7 @@ def test_sigkill_under_load_loses_no_acknowledged_reading(
     tmp_path: Path, kafka: KafkaService
 ) -> None:
     topic = f"acks-{uuid.uuid4().hex[:8]}.telemetry"
-    service = gateway(tmp_path, kafka, topic)
+    service = gateway_process(tmp_path, kafka, topic)
     service.start(timeout=60)
     ledger = AckLedger(service.host, service.port, devices=10, rate=500).start()
     tally = KafkaTally(kafka.bootstrap_servers, topic)
@@ -91,7 +63,7 @@ def test_sigterm_under_load_drains_and_acknowledges_nothing_it_loses(
     tmp_path: Path, kafka: KafkaService
 ) -> None:
     topic = f"acks-{uuid.uuid4().hex[:8]}.telemetry"
-    service = gateway(tmp_path, kafka, topic)
+    service = gateway_process(tmp_path, kafka, topic)
     service.start(timeout=60)
     ledger = AckLedger(service.host, service.port, devices=10, rate=1000).start()
     tally = KafkaTally(kafka.bootstrap_servers, topic)
