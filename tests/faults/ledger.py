@@ -15,8 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware import wire
 from tests.bridge.streams import STANDARD
+from tests.fixtures.waiting import wait_until
 
-__all__ = ["AckLedger", "KafkaTally"]
+__all__ = ["AckLedger", "KafkaTally", "assert_acknowledged_in_kafka"]
 
 Reading = tuple[int, int]  # device id, seq
 
@@ -166,3 +167,16 @@ class KafkaTally:
     def close(self) -> None:
         """Leave the group."""
         self.consumer.close()
+
+
+def assert_acknowledged_in_kafka(ledger: AckLedger, tally: KafkaTally) -> None:
+    """Every reading the ledger saw acknowledged reaches Kafka; each device's order holds."""
+    acked = set(ledger.acked)
+    assert len(acked) > 1000, f"only {len(acked)} readings were acknowledged"
+    try:
+        wait_until(lambda: tally.has_all(acked), 90, "acknowledged readings in Kafka")
+    except AssertionError:
+        missing = sorted(acked - tally.seen)
+        raise AssertionError(f"{len(missing)} acknowledged readings lost: {missing[:20]}") from None
+    late = tally.out_of_order()
+    assert not late, f"{len(late)} readings out of order: {late[:10]}"
