@@ -100,12 +100,19 @@ def deploy_app(
     device_id: int = typer.Option(..., help="The device's 32-bit id."),
     train: str = typer.Option(..., help="Train id, e.g. T101."),
     broker_host: str = typer.Option(..., help="MQTT broker the device publishes to."),
-    broker_port: int = typer.Option(1883, help="MQTT broker port."),
+    broker_port: int | None = typer.Option(
+        None, help="MQTT broker port [default: 8883 with --tls, else 1883]."
+    ),
     user: str = typer.Option("", help="MQTT user name of this device."),
     password_file: Path | None = typer.Option(
         None, help=f"File holding the MQTT password (else ${MQTT_PASSWORD_ENV})."
     ),
-    tls: bool = typer.Option(False, help="Connect to the broker over TLS."),
+    tls: bool = typer.Option(
+        False, help="Connect over TLS, checking the broker against --ca-file."
+    ),
+    ca_file: Path | None = typer.Option(
+        None, help="The gateway's CA (ca.pem of `trackside gateway certs`), copied to the board."
+    ),
     wifi_ssid: str = typer.Option("", help="Wi-Fi network of a hardware board."),
     wifi_password_file: Path | None = typer.Option(
         None, help=f"File holding the Wi-Fi password (else ${WIFI_PASSWORD_ENV})."
@@ -127,6 +134,7 @@ def deploy_app(
                     "user": user,
                     "password": _secret(password_file, MQTT_PASSWORD_ENV),
                     "tls": tls,
+                    "ca_file": ca_file,
                 },
                 "wifi": {
                     "ssid": wifi_ssid,

@@ -2,7 +2,8 @@
 
 Files travel through mpremote's serial transport (raw REPL); each one is checked afterwards by
 comparing the sha256 the board computes with the local one. `main.py` and `boot.py` stay
-source (a board runs them by name); every other `.py` becomes `.mpy`.
+source (a board runs them by name); every other `.py` becomes `.mpy`. With TLS, the gateway's
+CA goes to the board with the app and the device checks the broker against it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -26,6 +29,7 @@ from gateway.devicetools import DeployError
 from gateway.devicetools.boards import check_port
 
 __all__ = [
+    "CA_FILE",
     "CONFIG_FILE",
     "Board",
     "BoardFile",
@@ -35,6 +39,7 @@ __all__ = [
     "DeviceConfig",
     "WifiSettings",
     "board_files",
+    "ca_board_file",
     "compile_mpy",
     "deploy",
 ]
@@ -42,6 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "trackside.json"
+CA_FILE = "ca.der"  # where firmware/link.py reads the gateway's CA (DER: see there)
 Board = Literal["esp32-devkitc", "pico-w", "unix"]
 _KEEP_SOURCE = frozenset({"main.py", "boot.py"})
 # Called with the target path, the bytes of it written so far and its size.
@@ -49,15 +55,36 @@ WriteProgress = Callable[[str, int, int], None]
 
 
 class BrokerSettings(BaseModel):
-    """Where the device publishes."""
+    """Where the device publishes; with `tls`, checking the broker against `ca_file`."""
 
     model_config = ConfigDict(frozen=True)
 
     host: str = Field(min_length=1)
-    port: int = Field(1883, ge=1, le=65535)
+    port: int = Field(1883, ge=1, le=65535, description="Left out: 8883 with TLS, else 1883.")
     user: str = ""
     password: SecretStr = SecretStr("")
     tls: bool = False
+    ca_file: Path | None = Field(
+        None, exclude=True, description="The gateway's CA (ca.pem); copied to the board as ca.der."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("port") is None:
+            return {**data, "port": 8883 if data.get("tls") else 1883}
+        return data
+
+    @model_validator(mode="after")
+    def _ca_with_tls(self) -> BrokerSettings:
+        if self.tls and self.ca_file is None:
+            raise ValueError(
+                "TLS needs the gateway's CA, or the device could not tell the gateway from "
+                "anyone else: pass --ca-file (the ca.pem of `trackside gateway certs`)"
+            )
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("--ca-file is for TLS: add --tls")
+        return self
 
 
 class WifiSettings(BaseModel):
@@ -147,7 +174,8 @@ def compile_mpy(source: Path, target: str) -> bytes:
 def board_files(
     entries: Iterable[BundleEntry], config: DeviceConfig, compile_: bool = True
 ) -> list[BoardFile]:
-    """The app's files as the board gets them (compiled unless `compile_` is off) + the config."""
+    """The app's files as the board gets them (compiled unless `compile_` is off), the config,
+    and with TLS the gateway's CA."""
     files = []
     for entry in entries:
         target = PurePosixPath(entry.target)
@@ -159,7 +187,39 @@ def board_files(
         else:
             files.append(BoardFile(str(target), entry.source.read_bytes()))
     files.append(BoardFile(CONFIG_FILE, config.file_bytes()))
+    if config.broker.ca_file is not None:
+        files.append(ca_board_file(config.broker.ca_file))
     return files
+
+
+def ca_board_file(path: Path) -> BoardFile:
+    """The CA certificate in `path` (PEM or DER) as the device reads it: one certificate, DER."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DeployError(f"cannot read the CA file {path}: {exc.strerror}") from exc
+    try:
+        if b"-----BEGIN" in data:
+            found = x509.load_pem_x509_certificates(data)
+        else:
+            found = [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise DeployError(f"{path} is not a certificate (PEM or DER): {exc}") from exc
+    if len(found) != 1:
+        raise DeployError(
+            f"{path} holds {len(found)} certificates; the device takes one: the gateway's "
+            "ca.pem from `trackside gateway certs`"
+        )
+    try:
+        is_ca = found[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise DeployError(
+            f"{path} is not a CA certificate (the server's own, perhaps?): pass the gateway's "
+            "ca.pem from `trackside gateway certs`"
+        )
+    return BoardFile(CA_FILE, found[0].public_bytes(Encoding.DER))
 
 
 def deploy(

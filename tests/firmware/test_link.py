@@ -1,6 +1,7 @@
 """The MQTT session of firmware/link.py on the MicroPython unix port: a PUBLISH leaves in one
 write, byte for byte what umqtt.simple would send; the reconnect delay stays within the bounds
-that docs/firmware.md states, jittered from the first retry on."""
+that docs/firmware.md states, jittered from the first retry on; the broker port follows TLS.
+(The device over TLS against real brokers: test_link_tls.py.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from gateway.certs import make_certificates
+from gateway.devicetools.deploy import ca_board_file
 from gateway.firmware_bundle import ensure_umqtt
 from tests.fixtures.micropython import micropython_binary
 
@@ -73,6 +76,22 @@ for trial in range(%(trials)d):
 """
 
 
+# The port a Link gives umqtt with TLS off and on, with and without a port in the config, and
+# whether the Link stands in for umqtt's `ussl` module (it wraps the socket with TLS on).
+PORT_SCRIPT = """
+import sys
+sys.path.insert(0, %(firmware)r)
+sys.path.insert(0, %(lib)r)
+import link
+
+for broker in ({"host": "gw"}, {"host": "gw", "tls": True}, {"host": "gw", "port": 1884},
+               {"host": "gw", "port": 8884, "tls": True}):
+    session = link.Link({"broker": broker}, "t", "will", ())
+    client = link.MQTTClient(*session._args, ssl=session._tls)
+    print(client.port, sys.modules.get("ussl") is session)
+"""
+
+
 def _lib(tmp_path: Path) -> Path:
     """A folder holding umqtt/simple.py, as a board's lib/ does."""
     lib = tmp_path / "lib"
@@ -81,9 +100,9 @@ def _lib(tmp_path: Path) -> Path:
     return lib
 
 
-def _run(script: str) -> str:
+def _run(script: str, cwd: Path | None = None) -> str:
     return subprocess.run([str(micropython_binary()), "-c", script], capture_output=True,
-                          text=True, timeout=120, check=True).stdout
+                          text=True, timeout=120, check=True, cwd=cwd).stdout
 
 
 def _remaining_length(packet: bytes) -> tuple[int, int]:
@@ -149,3 +168,12 @@ def test_reconnect_delay_is_jittered_from_the_first_retry_and_never_beyond_the_c
     assert max(first) - min(first) > 500, "the first retry is not jittered over 1-2 s"
     capped = [d for seen in by_failure[4:] for d in seen]  # 1 s << 5 is past the 30 s cap
     assert max(capped) > high * 0.95  # the whole window is used, up to the cap
+
+
+def test_the_port_is_8883_with_tls_unless_the_config_names_one(tmp_path: Path) -> None:
+    make_certificates(tmp_path / "certs", ["gw"])
+    ca = ca_board_file(tmp_path / "certs" / "ca.pem")
+    (tmp_path / ca.target).write_bytes(ca.data)  # read at boot, from the board's root
+    script = PORT_SCRIPT % {"firmware": str(FIRMWARE), "lib": str(_lib(tmp_path))}
+    rows = _run(script, cwd=tmp_path).split()
+    assert rows == ["1883", "False", "8883", "True", "1884", "False", "8884", "True"]

@@ -1,4 +1,5 @@
-"""Deploy: the per-device config, compiling, and the real app deployed to a virtual board."""
+"""Deploy: the per-device config, compiling, the gateway's CA with TLS, and the real app
+deployed to a virtual board (over plain MQTT and over TLS)."""
 
 from __future__ import annotations
 
@@ -9,28 +10,34 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 import serial
+from cryptography import x509
 from mpremote.transport_serial import SerialTransport
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from bridge.wire_decoder import decode
+from gateway.certs import make_certificates
 from gateway.cli import app
 from gateway.devicetools import DeployError, PortBusyError, PortNotFoundError
 from gateway.devicetools.deploy import (
+    CA_FILE,
     CONFIG_FILE,
     BoardFile,
     BrokerSettings,
     DeviceConfig,
     board_files,
+    ca_board_file,
     deploy,
 )
 from gateway.firmware_bundle import BundleFile, bundle
+from gateway.localkafka import free_port
 from tests.fixtures.mqtt import BrokerHandle
 from tests.fixtures.virtual_board import VirtualBoardHandle
 
@@ -70,6 +77,47 @@ def test_hardware_boards_need_wifi_and_train_ids_are_checked() -> None:
         DeviceConfig(device_id=1, train_id="T1/#", board="unix", broker=broker)
 
 
+def test_tls_takes_port_8883_unless_told_and_needs_the_gateway_ca(tmp_path: Path) -> None:
+    ca_file, _, _ = make_certificates(tmp_path / "certs", ["gw.local"])
+    broker = BrokerSettings(host="gw.local", tls=True, ca_file=ca_file)
+    assert broker.port == 8883
+    assert BrokerSettings(host="gw.local").port == 1883
+    assert BrokerSettings(host="gw.local", port=18883, tls=True, ca_file=ca_file).port == 18883
+    config = DeviceConfig(device_id=1, train_id="T1", board="unix", broker=broker)
+    document = json.loads(config.file_bytes())
+    assert document["broker"] == {"host": "gw.local", "port": 8883, "user": "", "password": "",
+                                  "tls": True}  # the CA travels as a file of its own
+    with pytest.raises(ValidationError, match=r"TLS needs the gateway's CA.*--ca-file"):
+        BrokerSettings(host="gw.local", tls=True)
+    with pytest.raises(ValidationError, match="add --tls"):
+        BrokerSettings(host="gw.local", ca_file=ca_file)
+
+
+def test_the_gateway_ca_goes_to_the_board_as_der(tmp_path: Path) -> None:
+    ca_file, server_file, _ = make_certificates(tmp_path / "certs", ["gw.local"])
+    broker = BrokerSettings(host="gw.local", tls=True, ca_file=ca_file)
+    config = DeviceConfig(device_id=1, train_id="T1", board="unix", broker=broker)
+    files = {f.target: f.data for f in board_files([], config)}
+    assert set(files) == {CONFIG_FILE, CA_FILE}
+    ca = x509.load_der_x509_certificate(files[CA_FILE])
+    assert ca == x509.load_pem_x509_certificate(ca_file.read_bytes())
+    (tmp_path / "ca.der").write_bytes(files[CA_FILE])
+    assert ca_board_file(tmp_path / "ca.der").data == files[CA_FILE]  # DER in, DER out
+    with pytest.raises(DeployError, match="not a CA certificate"):
+        ca_board_file(server_file)  # the server's own certificate, by mistake
+    (tmp_path / "two.pem").write_bytes(ca_file.read_bytes() + server_file.read_bytes())
+    with pytest.raises(DeployError, match="holds 2 certificates"):
+        ca_board_file(tmp_path / "two.pem")
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(DeployError, match="is not a certificate"):
+        ca_board_file(tmp_path / "junk.pem")
+    with pytest.raises(DeployError, match="cannot read the CA file"):
+        ca_board_file(tmp_path / "missing.pem")
+    no_tls = DeviceConfig(device_id=1, train_id="T1", board="unix",
+                          broker=BrokerSettings(host="gw.local"))
+    assert CA_FILE not in {f.target for f in board_files([], no_tls)}
+
+
 def test_board_files_compile_all_but_main(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text("import app\n")
     (tmp_path / "app.py").write_text("x = 1\n")
@@ -102,6 +150,16 @@ def test_cli_never_prints_the_password(tmp_path: Path) -> None:
     )
     assert isinstance(result.exception, PortNotFoundError)
     assert SECRET not in result.output and SECRET not in str(result.exception)
+
+
+def test_cli_refuses_tls_without_the_gateway_ca() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["deploy", "--port", "/dev/ttyTRACKSIDE-NONE", "--device-id", "7", "--train", "T101",
+         "--broker-host", "gw.local", "--tls", "--board", "unix"],
+    )
+    assert isinstance(result.exception, DeployError)
+    assert "--ca-file" in str(result.exception)
 
 
 @pytest.mark.integration
@@ -197,5 +255,36 @@ def test_deploy_reset_readings_arrive(
                 break
             assert time.monotonic() < deadline, "no reading from the redeployed device 42"
             time.sleep(0.1)
+    finally:
+        sink.close()
+
+
+@pytest.mark.integration
+def test_deploy_with_tls_and_the_gateway_ca_readings_arrive_over_tls(
+    virtual_board: VirtualBoardHandle,
+    mosquitto_factory: Callable[..., BrokerHandle],
+    tmp_path: Path,
+) -> None:
+    ca_file, cert_file, key_file = make_certificates(tmp_path / "certs", ["127.0.0.1"])
+    tls_port = free_port()
+    broker = mosquitto_factory(
+        f"listener {tls_port} 127.0.0.1\ncertfile {cert_file}\nkeyfile {key_file}\n"
+    )
+    train_id = f"TT{uuid.uuid4().hex[:6]}"
+    sink = TelemetrySink(broker, train_id)  # on the plain listener
+    try:
+        deployed = subprocess.run(
+            [sys.executable, "-m", "gateway", "deploy", "--port", virtual_board.port,
+             "--device-id", "4243", "--train", train_id, "--broker-host", "127.0.0.1",
+             "--broker-port", str(tls_port), "--tls", "--ca-file", str(ca_file),
+             "--board", "unix", "--sample-ms", "200"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        readings = sink.wait_for(3)  # the device knows only the TLS listener's port
+        assert {topic for topic, _ in readings} == {f"trackside/v1/{train_id}/4243/telemetry"}
+        config = json.loads((virtual_board.root / CONFIG_FILE).read_text())
+        assert config["broker"]["tls"] is True and config["broker"]["port"] == tls_port
+        assert (virtual_board.root / CA_FILE).read_bytes() == ca_board_file(ca_file).data
     finally:
         sink.close()
