@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from bridge import BridgeError
 from bridge.config import ConnectorConfig
 from bridge.record import KafkaRecord
+from bridge.redact import mask
 
 __all__ = [
     "DEAD_LETTER_VALUE_BYTES",
@@ -128,7 +129,9 @@ class KafkaSink:
         try:
             self.producer = Producer(settings)
         except KafkaException as exc:
-            raise SinkError(f"kafka.settings: librdkafka refused them: {exc}") from exc
+            # librdkafka quotes a refused value: a password pasted into the wrong key shows.
+            refused = mask(str(exc), settings)
+            raise SinkError(f"kafka.settings: librdkafka refused them: {refused}") from exc
         self.dead_letter_topic = config.errors.deadletterqueue_topic_name
         self._after_poll = after_poll
         self._on_kafka = on_kafka

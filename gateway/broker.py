@@ -20,7 +20,7 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.broker_auth import current_registry
 from gateway.intake import BrokerIntake, topic_matches
@@ -55,6 +55,11 @@ class BrokerSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
+    plain: bool = Field(
+        True,
+        description="Listen without TLS on `port`. Off, devices can only reach the TLS "
+        "listener, so no password crosses the network readable.",
+    )
     tls: BrokerTls | None = None
     registry: Path | None = Field(
         None, description="Device registry file; without it anyone may connect (development)."
@@ -68,6 +73,15 @@ class BrokerSettings(BaseModel):
         "headers, fits in one Kafka record.",
     )
 
+    @model_validator(mode="after")
+    def _some_listener(self) -> BrokerSettings:
+        if not self.plain and self.tls is None:
+            raise ValueError(
+                "plain is false and tls is not set: the broker would listen nowhere; set "
+                "tls (cert_file, key_file from `trackside gateway certs`) or plain: true"
+            )
+        return self
+
 
 class OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
     """Admit everyone (no registry: development), without amqtt's "anonymous" mark, under
@@ -80,9 +94,10 @@ class OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
 
 def broker_config(settings: BrokerSettings) -> dict[str, Any]:
     """amqtt's configuration: listeners, and the registry's password and topic checks."""
-    listeners: dict[str, Any] = {
-        "default": {"type": "tcp", "bind": f"{settings.host}:{settings.port}"}
-    }
+    # amqtt requires a listener named "default" and binds it to 0.0.0.0:1883 unless told
+    # otherwise: with the plain listener off it stays, unbound.
+    plain = f"{settings.host}:{settings.port}" if settings.plain else None
+    listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": plain}}
     if settings.tls:
         listeners["tls"] = {
             "type": "tcp",

@@ -37,6 +37,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from bridge.redact import mask
 from gateway.alerts import AlertError
 from gateway.alerts.config import ServiceConfig
 from gateway.alerts.engine import Engine, Reading
@@ -224,7 +225,8 @@ class AlertService:
             return make(settings)
         except KafkaException as exc:
             raise AlertError(
-                f"Kafka settings refused by librdkafka: {_describe(exc)}; fix kafka.settings"
+                f"Kafka settings refused by librdkafka: {mask(_describe(exc), settings)}; "
+                "fix kafka.settings"
             ) from exc
 
     def _call(

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
 
+from bridge.redact import mask
 from gateway.dashboard import DashboardError
 from gateway.dashboard.config import DashboardConfig
 
@@ -30,4 +31,6 @@ def kafka_client(
     try:
         return make(merged)
     except KafkaException as exc:
-        raise DashboardError(f"Kafka settings refused by librdkafka: {exc}") from exc
+        raise DashboardError(
+            f"Kafka settings refused by librdkafka: {mask(str(exc), merged)}"
+        ) from exc

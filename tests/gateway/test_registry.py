@@ -1,5 +1,5 @@
-"""The device registry: hashes Mosquitto accepts, ACL rules, client ids, revocation, file
-modes and errors."""
+"""The device registry: hashes Mosquitto accepts, their iteration count, verifications
+remembered without the password, ACL rules, client ids, revocation, file modes and errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from gateway import registry as registry_module
 from gateway.certs import make_certificates
-from gateway.registry import Registry, RegistryError, topic_matches, verify_password
+from gateway.registry import (
+    ITERATIONS,
+    Registry,
+    RegistryError,
+    hash_password,
+    topic_matches,
+    verify_password,
+)
 
 
 def test_mosquitto_passwd_hashes_verify(tmp_path: Path) -> None:
@@ -24,6 +32,63 @@ def test_mosquitto_passwd_hashes_verify(tmp_path: Path) -> None:
     stored = passwords.read_text().strip().split(":", 1)[1]
     assert verify_password("s3cret", stored)
     assert not verify_password("wrong", stored)
+
+
+def test_hashes_use_owasps_count_for_sha512_and_older_counts_still_verify() -> None:
+    # OWASP Password Storage Cheat Sheet: PBKDF2-HMAC-SHA512, 210,000 iterations.
+    assert ITERATIONS == 210_000
+    assert hash_password("s3cret").startswith("$7$210000$")
+    older = hash_password("s3cret", iterations=1000)  # what the registry wrote before
+    assert older.startswith("$7$1000$")
+    assert verify_password("s3cret", older)
+    assert not verify_password("wrong", older)
+
+
+def test_a_verification_is_remembered_per_account_hash_and_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(tmp_path / "devices.yaml")
+    password = registry.add_device(42, "T101")
+    other = registry.add_device(43, "T101")
+    derivations: list[str] = []
+
+    def counted(plain: str, stored: str) -> bool:
+        derivations.append(stored)
+        return verify_password(plain, stored)
+
+    monkeypatch.setattr(registry_module, "verify_password", counted)
+    for _ in range(100):  # a reconnect storm, and amqtt's two checks of each CONNECT
+        assert registry.authenticate("device-42", password) is not None
+    assert len(derivations) == 1
+    assert registry.authenticate("device-43", other) is not None
+    assert len(derivations) == 2  # one per account
+    for _ in range(3):  # a wrong password is never remembered: each try costs a derivation
+        assert registry.authenticate("device-42", "wrong") is None
+    assert registry.authenticate("device-42", other) is None  # another account's password
+    assert len(derivations) == 6
+
+    # The plain password is nowhere in the registry's memory, only keyed digests.
+    remembered = b"".join(registry._verified)
+    assert password.encode() not in remembered and password not in repr(vars(registry))
+
+    registry.revoke("device-42")
+    assert registry.authenticate("device-42", password) is None  # never served from memory
+    fresh = registry.add_device(42, "T101")  # new credentials: a new hash
+    assert registry.authenticate("device-42", password) is None
+    assert registry.authenticate("device-42", fresh) is not None
+    assert registry.authenticate("device-42", fresh) is not None
+    assert len(derivations) == 8
+
+
+def test_remembered_verifications_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "VERIFIED_MAX", 2)
+    registry = Registry(tmp_path / "devices.yaml")
+    passwords = {n: registry.add_device(n, "T1") for n in (1, 2, 3)}
+    for n, password in passwords.items():
+        assert registry.authenticate(f"device-{n}", password) is not None
+    assert len(registry._verified) == 2
 
 
 @pytest.mark.parametrize(
