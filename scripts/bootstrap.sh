@@ -27,6 +27,7 @@ apt_install() {
 command -v java >/dev/null || apt_install default-jre-headless
 command -v mvn >/dev/null || apt_install maven
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || apt_install mosquitto mosquitto-clients
+[ -x /usr/bin/prometheus-alertmanager ] || apt_install prometheus-alertmanager  # notifications
 command -v systemd-analyze >/dev/null || apt_install systemd  # checks the generated unit
 if [ "${TRACKSIDE_SKIP_BROWSER:-}" != 1 ] && [ ! -x /usr/bin/chromium ]; then
   apt_install chromium

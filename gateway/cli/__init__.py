@@ -35,6 +35,7 @@ COMMANDS = {
     "gateway": "gateway",
     "devices": "devices",
     "alerts": "alerts",
+    "alertmanager": "alertmanager",
     "hardware": "hardware",
 }
 

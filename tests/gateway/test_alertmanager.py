@@ -1,0 +1,167 @@
+"""gateway/alertmanager.py: alertmanager.yml from a notification file, and the launcher."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.alertmanager import (
+    DEFAULT_NOTIFICATIONS,
+    NotificationConfig,
+    alertmanager_config,
+    load_notifications,
+)
+from gateway.alerts.rules import RuleError
+from tests.fixtures.alertmanager import AlertmanagerHandle
+from tests.fixtures.waiting import wait_until
+
+FULL = """
+receivers:
+  - name: desk
+    webhook: [http://127.0.0.1:5001/hook]
+    email: [desk@example.org]
+  - name: on-call
+    email: [oncall@example.org]
+    send_resolved: false
+default_receiver: desk
+routes:
+  - {receiver: on-call, severities: [critical], trains: [T101, T102], continue: true}
+smtp: {smarthost: "mail.example.org:587", from: trackside@example.org, username: ts, password: pw}
+group_wait: 1500ms
+group_interval: 2m
+"""
+
+
+def _load(tmp_path: Path, text: str) -> NotificationConfig:
+    path = tmp_path / "notifications.yaml"
+    path.write_text(text)
+    return load_notifications(path)
+
+
+def test_the_default_file_loads_and_groups_by_train() -> None:
+    config = load_notifications(DEFAULT_NOTIFICATIONS)
+    written = alertmanager_config(config)
+    assert written["route"]["group_by"] == ["train"]
+    assert written["route"]["receiver"] == config.default_receiver
+    assert len(written["inhibit_rules"]) == 2
+
+
+def test_receivers_routes_smtp_and_durations_are_written(tmp_path: Path) -> None:
+    written = alertmanager_config(_load(tmp_path, FULL))
+    assert written["global"] == {
+        "resolve_timeout": "5m",
+        "smtp_smarthost": "mail.example.org:587",
+        "smtp_from": "trackside@example.org",
+        "smtp_require_tls": True,
+        "smtp_auth_username": "ts",
+        "smtp_auth_password": "pw",
+    }
+    assert written["route"] == {
+        "receiver": "desk",
+        "group_by": ["train"],
+        "group_wait": "1500ms",
+        "group_interval": "2m",
+        "repeat_interval": "4h",
+        "routes": [
+            {
+                "receiver": "on-call",
+                "matchers": ['severity=~"critical"', 'train=~"T101|T102"'],
+                "continue": True,
+            }
+        ],
+    }
+    assert written["receivers"] == [
+        {
+            "name": "desk",
+            "webhook_configs": [{"url": "http://127.0.0.1:5001/hook", "send_resolved": True}],
+            "email_configs": [{"to": "desk@example.org", "send_resolved": True}],
+        },
+        {
+            "name": "on-call",
+            "email_configs": [{"to": "oncall@example.org", "send_resolved": False}],
+        },
+    ]
+
+
+def test_inhibition_critical_over_warning_and_offline_over_sensors(tmp_path: Path) -> None:
+    written = alertmanager_config(_load(tmp_path, FULL))
+    assert written["inhibit_rules"] == [
+        {
+            "source_matchers": ['severity="critical"'],
+            "target_matchers": ['severity=~"warning|info"'],
+            "equal": ["train", "device", "sensor"],
+        },
+        {
+            "source_matchers": ['kind="stale"'],
+            "target_matchers": ['kind!="stale"'],
+            "equal": ["train", "device"],
+        },
+    ]
+    off = FULL + "inhibit: {critical_over_warning: false, offline_over_sensors: false}\n"
+    assert "inhibit_rules" not in alertmanager_config(_load(tmp_path, off))
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (FULL.replace("http://127.0.0.1:5001/hook", "not a url"), "receivers[0] (desk).webhook[0]"),
+        (FULL.replace("desk@example.org", "desk"), "receivers[0] (desk).email[0]"),
+        (FULL.replace("group_wait: 1500ms", "group_wait: soon"), "group_wait: Value error"),
+        (FULL.replace("severities: [critical]", "severities: [urgent]"), "routes[0].severities[0]"),
+        (
+            FULL.replace("receiver: on-call,", "receiver: oncall,"),
+            "routes[0].receiver: no receiver",
+        ),
+        (FULL.replace("default_receiver: desk", "default_receiver: nobody"), "default_receiver"),
+        (FULL.replace("smtp: {", "smtq: {"), "smtq: Extra inputs"),
+        (FULL.split("smtp:", maxsplit=1)[0], "an `email` receiver needs `smtp`"),
+        ("receivers:\n  - name: x\ndefault_receiver: x\n", "receivers[0] (x): Value error, give"),
+    ],
+)
+def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, where: str) -> None:
+    with pytest.raises(RuleError) as caught:
+        _load(tmp_path, text)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'notifications.yaml'}: ")
+    assert where in message
+
+
+@pytest.mark.integration
+def test_amtool_accepts_the_written_config(tmp_path: Path) -> None:
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(alertmanager_config(_load(tmp_path, FULL))))
+    result = subprocess.run(
+        ["amtool", "check-config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_launcher_starts_alertmanager_that_takes_alerts_and_stops_it(
+    tmp_path: Path, alertmanager_factory: Callable[[NotificationConfig], AlertmanagerHandle]
+) -> None:
+    manager = alertmanager_factory(_load(tmp_path, FULL)).start()
+    assert manager.manager.config_file.stat().st_mode & 0o777 == 0o600  # holds the password
+    alert = [{"labels": {"alertname": "probe", "train": "T1"}, "annotations": {"summary": "x"}}]
+    request = urllib.request.Request(
+        f"{manager.url}/api/v2/alerts",
+        data=json.dumps(alert).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
+
+    def listed() -> bool:
+        with urllib.request.urlopen(f"{manager.url}/api/v2/alerts", timeout=5) as answer:
+            return any(a["labels"]["train"] == "T1" for a in json.loads(answer.read()))
+
+    wait_until(listed, 10, "the posted alert listed by Alertmanager")
+    manager.stop()
+    assert not manager.manager.ready()
