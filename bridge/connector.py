@@ -37,7 +37,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from bridge.commands import CommandRelay
 from bridge.config import ConnectorConfig
-from bridge.kafka_sink import KafkaSink, SinkError, classify
+from bridge.kafka_sink import KafkaSink, RecordRefusedError, SinkError, classify
 from bridge.metrics import (
     DEAD_LETTERED,
     DELIVERED,
@@ -155,12 +155,7 @@ class Connector:
         self._dead_letter_topic = config.errors.deadletterqueue_topic_name
         self.received = 0
         # Last: its callbacks use everything above.
-        self.sink = KafkaSink(
-            config,
-            after_poll=self._end_round,
-            on_kafka=self._on_kafka,
-            on_dead_letter=self._dead_lettered.inc,
-        )
+        self.sink = KafkaSink(config, after_poll=self._end_round, on_kafka=self._on_kafka)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -252,9 +247,9 @@ class Connector:
         received = time.monotonic()
         self.received += len(messages)
         self._received.inc(len(messages))
-        process, dead_letter_topic = self.pipeline.process, self._dead_letter_topic
+        process = self.pipeline.process
         records: list[InFlight] = []
-        dropped = dead_lettered = 0
+        dropped = 0
         for topic, payload, qos, mid in messages:
             try:
                 record = process(topic, payload, qos)
@@ -266,13 +261,9 @@ class Connector:
                 dropped += 1
                 self.source.ack(mid, qos, gen)
                 continue
-            if record.topic == dead_letter_topic:
-                dead_lettered += 1
             records.append((record, (mid, qos, gen), 0.0 if records else received))
         if dropped:
             self._dropped.inc(dropped)
-        if dead_lettered:
-            self._dead_lettered.inc(dead_lettered)
         self._forward(records)
 
     def _forward(self, records: list[InFlight]) -> None:
@@ -297,7 +288,11 @@ class Connector:
             produce, delivered = self.sink.produce, self._delivered
             try:
                 for entry in records[done : done + admitted]:
-                    produce(entry[0], partial(delivered, entry))
+                    try:
+                        produce(entry[0], partial(delivered, entry))
+                    except RecordRefusedError as exc:  # too large: its dead letter instead
+                        record = self.sink.dead_letter(entry[0], exc.err.str())
+                        produce(record, partial(delivered, (record, *entry[1:])))
             except SinkError as exc:
                 self._fail(str(exc))
                 return
@@ -357,7 +352,10 @@ class Connector:
         self.sink.purge_queued()
 
     def _end_round(self) -> None:
-        """After a round of reports: free the slots, count, and send the PUBACKs in one write."""
+        """After a round of reports: free the slots, count, and send the PUBACKs in one write.
+
+        Counted here, once Kafka has them: dead letters in dead_lettered_total, every other
+        record in delivered_total."""
         with self._round:
             reported = self._reported
             entries = [reported.popleft() for _ in range(len(reported))]
@@ -367,7 +365,7 @@ class Connector:
                     # Waiters only care while spooling; waking them per round costs little.
                     if not self._release_throttle() and self._spooling:
                         self._cv.notify_all()
-                self._delivered_count.inc(len(entries))
+                self._count_taken([entry[0] for entry in entries])
                 now = time.monotonic()
                 observe = self._latency.observe
                 for _, _, received in entries:
@@ -375,6 +373,15 @@ class Connector:
                         observe(now - received)
                 self.source.ack_all([ack for _, ack, _ in entries])
             self.source.flush_acks()
+
+    def _count_taken(self, records: list[KafkaRecord]) -> None:
+        """Count records Kafka acknowledged: dead letters apart from the connector's output."""
+        topic = self._dead_letter_topic
+        dead = sum([record.topic == topic for record in records]) if topic else 0
+        if dead:
+            self._dead_lettered.inc(dead)
+        if dead < len(records):
+            self._delivered_count.inc(len(records) - dead)
 
     def _release_throttle(self) -> bool:
         """Under the lock: wake a throttled MQTT thread once half the readings are reported."""
@@ -482,7 +489,7 @@ class Connector:
         """Deliver the spool's next batch and commit what Kafka took, in order; True if all.
         A failure part-way commits the records before it, so they are not sent again."""
         records, position = self.spool.read(REPLAY_BATCH)
-        taken = self._deliver_in_order(records) if records else 0
+        taken, delivered = self._deliver_in_order(records) if records else (0, [])
         if taken == len(records):
             self.spool.commit(position)  # an empty batch: damage set aside, skip past it
         else:
@@ -492,6 +499,7 @@ class Connector:
         if taken:
             self._kafka_back()
             self._replayed.inc(taken)
+            self._count_taken(delivered)
             self._spool_bytes.set(self.spool.used_bytes)
             with self._cv:
                 self._cv.notify_all()
@@ -512,29 +520,31 @@ class Connector:
             log.info("Kafka answers again: replaying the spool")
             self._kafka_reachable = True
 
-    def _deliver_in_order(self, records: list[KafkaRecord]) -> int:
-        """Produce a batch and wait for the reports: how many leading records Kafka took
-        (a record it refused for good counts once its dead letter is taken)."""
+    def _deliver_in_order(self, records: list[KafkaRecord]) -> tuple[int, list[KafkaRecord]]:
+        """Produce a batch and wait for the reports: how many leading records Kafka took (a
+        record it refused for good counts once its dead letter is taken), and what it took."""
+        delivered: list[KafkaRecord] = []
         try:
             reports = self._produce_and_wait(records)
-            taken = 0
             for record, err in zip(records, reports, strict=True):
+                if err is None:
+                    delivered.append(record)
+                    continue
                 if err is _NO_REPORT:
                     break
-                if err is not None:
-                    severity = classify(err)
-                    if severity == "fatal":
-                        self._fail(f"Kafka producer: {err.str()}")
-                    if severity != "permanent":
-                        break
-                    dead_letter = self.sink.dead_letter(record, err.str())
-                    if self._produce_and_wait([dead_letter]) != [None]:
-                        break
-                taken += 1
+                severity = classify(err)
+                if severity == "fatal":
+                    self._fail(f"Kafka producer: {err.str()}")
+                if severity != "permanent":
+                    break
+                dead_letter = self.sink.dead_letter(record, err.str())
+                if self._produce_and_wait([dead_letter]) != [None]:
+                    break
+                delivered.append(dead_letter)
         except SinkError as exc:
             self._fail(str(exc))
-            return 0
-        return taken
+            return 0, []
+        return len(delivered), delivered
 
     def _produce_and_wait(self, records: list[KafkaRecord]) -> list[Any]:
         """Each record's report: None (delivered), its KafkaError, or _NO_REPORT in time."""
@@ -549,6 +559,9 @@ class Connector:
                 done.set()
 
         for index, record in enumerate(records):
-            self.sink.produce(record, partial(report, index))
+            try:
+                self.sink.produce(record, partial(report, index))
+            except RecordRefusedError as exc:  # refused at once: reported like the others
+                report(index, exc.err, None)
         done.wait(self.config.spool.delivery_timeout_ms / 1000 + 5)
         return reports

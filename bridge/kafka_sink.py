@@ -3,9 +3,11 @@
 Every error librdkafka reports is classified here, once (`classify`):
 - fatal (the producer cannot go on, e.g. an idempotence error): the connector fails and its
   process exits non-zero, so systemd starts a new producer;
-- permanent for one record (too large, not authorised, no such topic): that record can never
-  be delivered as it is, so it goes to the dead-letter topic instead, cut to a size Kafka takes;
-- transient (Kafka unreachable, timed out): the record goes to the spool and is replayed.
+- permanent for one record (too large, not authorised, an invalid topic name): that record can
+  never be delivered as it is, so it goes to the dead-letter topic instead, cut to a size
+  Kafka takes;
+- transient (Kafka unreachable, timed out, a topic or partition not known yet): the record
+  goes to the spool and is replayed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "DEAD_LETTER_VALUE_BYTES",
     "Delivery",
     "KafkaSink",
+    "RecordRefusedError",
     "SinkError",
     "classify",
     "oversized_dead_letter",
@@ -54,15 +57,26 @@ _PERMANENT = frozenset(
         KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         KafkaError.POLICY_VIOLATION,
         KafkaError.TOPIC_EXCEPTION,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_TOPIC,
         KafkaError._INVALID_ARG,
     }
 )
+# Not among them: UNKNOWN_TOPIC_OR_PART and _UNKNOWN_TOPIC, which a topic being created (auto-
+# create on first use) or a partition without a leader yet (Kafka just restarted) report for
+# a few seconds; as permanent, thousands of replayed readings went to the dead-letter topic
+# instead of telemetry (tests/faults/test_kafka_outages.py). Kafka's own clients retry them.
 
 
 class SinkError(BridgeError):
     """The producer failed for good (a fatal librdkafka error)."""
+
+
+class RecordRefusedError(SinkError):
+    """librdkafka refused one record at once, for good (e.g. larger than message.max.bytes):
+    the caller puts its dead letter (`KafkaSink.dead_letter`) in its place."""
+
+    def __init__(self, record: KafkaRecord, err: KafkaError) -> None:
+        super().__init__(f"Kafka refused a record to {record.topic}: {err.str()}")
+        self.err = err
 
 
 def classify(err: KafkaError) -> Severity:
@@ -76,15 +90,21 @@ def classify(err: KafkaError) -> Severity:
 
 def oversized_dead_letter(record: KafkaRecord, topic: str, reason: str) -> KafkaRecord:
     """A dead letter Kafka takes for a record it refused for good: the payload cut to
-    DEAD_LETTER_VALUE_BYTES, its full size and SHA-256 in headers, with the reason."""
+    DEAD_LETTER_VALUE_BYTES, its full size and SHA-256 in headers, with the reason.
+
+    A record that was a dead letter already (the pipeline's, e.g. a huge undecodable
+    payload) keeps its context headers, which name the MQTT topic, and only gets the cut's."""
     value = record.value
     headers = [
         (name, raw) for name, raw in record.headers if len(raw) <= 1024 and len(name) <= 256
     ][:16]
+    if record.topic != topic:
+        headers += [
+            ("__connect.errors.topic", record.topic.encode()[:256]),
+            ("__connect.errors.stage", b"KAFKA_PRODUCE"),
+            ("__connect.errors.exception.message", reason.encode()[:1024]),
+        ]
     headers += [
-        ("__connect.errors.topic", record.topic.encode()[:256]),
-        ("__connect.errors.stage", b"KAFKA_PRODUCE"),
-        ("__connect.errors.exception.message", reason.encode()[:1024]),
         ("trackside.original.size", str(len(value)).encode()),
         ("trackside.original.sha256", hashlib.sha256(value).hexdigest().encode()),
     ]
@@ -97,8 +117,9 @@ class KafkaSink:
 
     `after_poll` runs in the poll thread after every round of reports (e.g. to send the
     PUBACKs they queued in one write); `on_kafka` hears of Kafka going away and of fatal
-    errors. A record librdkafka refuses at once for good goes to `dead_letter_topic`
-    (see `oversized_dead_letter`) and `on_dead_letter` counts it.
+    errors. A record Kafka refuses for good is replaced by `dead_letter(record, reason)`,
+    for `dead_letter_topic` (see `oversized_dead_letter`); the caller counts a dead letter
+    when Kafka reports it taken, as it counts every other record.
     """
 
     def __init__(
@@ -106,7 +127,6 @@ class KafkaSink:
         config: ConnectorConfig,
         after_poll: Callable[[], None] | None = None,
         on_kafka: OnKafkaEvent | None = None,
-        on_dead_letter: Callable[[], None] | None = None,
     ) -> None:
         settings: dict[str, Any] = {
             "bootstrap.servers": config.kafka.bootstrap_servers,
@@ -135,7 +155,6 @@ class KafkaSink:
         self.dead_letter_topic = config.errors.deadletterqueue_topic_name
         self._after_poll = after_poll
         self._on_kafka = on_kafka
-        self._on_dead_letter = on_dead_letter
         self._running = False
         self._failure: str | None = None
         self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
@@ -171,31 +190,36 @@ class KafkaSink:
     def produce(self, record: KafkaRecord, on_delivery: Delivery) -> None:
         """Queue one record; waits (never drops) while librdkafka's queue is full.
 
-        A record librdkafka refuses for good at once (larger than message.max.bytes) is
-        replaced by its dead letter; without a dead-letter topic, SinkError says so.
+        Raises RecordRefusedError when librdkafka refuses the record at once for good
+        (larger than message.max.bytes): put `dead_letter(record, ...)` in its place;
+        SinkError for any other refusal.
         """
         try:
             self._produce(record, on_delivery)
         except KafkaException as exc:
             err = exc.args[0]
-            if not isinstance(err, KafkaError) or classify(err) != "permanent":
-                raise SinkError(f"Kafka refused a record to {record.topic}: {exc}") from exc
-            self._produce(self.dead_letter(record, err.str()), on_delivery)
+            if isinstance(err, KafkaError) and classify(err) == "permanent":
+                raise RecordRefusedError(record, err) from exc
+            raise SinkError(f"Kafka refused a record to {record.topic}: {exc}") from exc
 
     def dead_letter(self, record: KafkaRecord, reason: str) -> KafkaRecord:
-        """The dead letter that stands in for `record`, which Kafka refused for good."""
-        if self.dead_letter_topic is None or record.topic == self.dead_letter_topic:
+        """The dead letter that stands in for `record`, which Kafka refused for good.
+
+        SinkError when there is none to be had: no dead-letter topic, or Kafka refused the
+        dead letter itself, already cut to size (the topic is missing or not writable)."""
+        if self.dead_letter_topic is None or (
+            record.topic == self.dead_letter_topic and len(record.value) <= DEAD_LETTER_VALUE_BYTES
+        ):
             raise SinkError(
                 f"Kafka refused a record to {record.topic} for good ({reason}) and there is "
                 "no dead-letter topic to put it in; set errors.deadletterqueue_topic_name "
                 "to an existing topic the connector may write"
             )
         log.warning(
-            "Kafka refused a %d-byte record to %s (%s): it goes to %s",
+            "Kafka refused a %d-byte record to %s (%s): it goes to %s, cut to %d bytes",
             len(record.value), record.topic, reason, self.dead_letter_topic,
+            DEAD_LETTER_VALUE_BYTES,
         )  # fmt: skip
-        if self._on_dead_letter is not None:
-            self._on_dead_letter()
         return oversized_dead_letter(record, self.dead_letter_topic, reason)
 
     def _produce(self, record: KafkaRecord, on_delivery: Delivery) -> None:

@@ -20,14 +20,19 @@ __all__ = [
 
 RECEIVED = Counter("trackside_bridge_received", "MQTT messages received", ["connector"])
 DELIVERED = Counter(
-    "trackside_bridge_delivered", "Records Kafka acknowledged (acks=all)", ["connector"]
+    "trackside_bridge_delivered",
+    "Records Kafka acknowledged (acks=all), straight or replayed from the spool; dead letters "
+    "are counted apart",
+    ["connector"],
 )
 SPOOLED = Counter("trackside_bridge_spooled", "Records written to the local spool", ["connector"])
 REPLAYED = Counter(
     "trackside_bridge_replayed", "Spooled records delivered to Kafka later", ["connector"]
 )
 DEAD_LETTERED = Counter(
-    "trackside_bridge_dead_lettered", "Messages sent to the dead-letter topic", ["connector"]
+    "trackside_bridge_dead_lettered",
+    "Dead letters Kafka acknowledged on the dead-letter topic (readings and commands)",
+    ["connector"],
 )
 DROPPED = Counter("trackside_bridge_dropped", "Messages dropped by a filter", ["connector"])
 IN_FLIGHT = Gauge(

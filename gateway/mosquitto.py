@@ -12,6 +12,7 @@ from pathlib import Path
 from gateway import GatewayError
 
 __all__ = [
+    "MAX_PACKET_BYTES",
     "MOSQUITTO_GROUP",
     "mosquitto_binary",
     "mosquitto_config",
@@ -20,6 +21,11 @@ __all__ = [
 ]
 
 MOSQUITTO_GROUP = "mosquitto"  # Debian's mosquitto package runs the broker as this user and group
+# Mosquitto's `max_packet_size` counts the whole packet: the embedded broker's payload limit
+# (broker.max_payload_bytes, 256 KiB) plus room for the topic and the header. Without a limit
+# Mosquitto takes up to 256 MB per message and hands the bridge what Kafka (message.max.bytes,
+# 1 MB) refuses; a larger packet closes the publisher's connection.
+MAX_PACKET_BYTES = 256 * 1024 + 4096
 
 
 def mosquitto_binary() -> str:
@@ -38,14 +44,16 @@ def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:
 
     Mosquitto's default per-client queue (1000 messages) drops QoS 1 messages for a slow
     subscriber; the bridge relies on the broker holding everything while it catches up, so
-    the queues are unbounded here and the bridge applies backpressure instead. Anonymous
-    clients are allowed unless `extra` says otherwise (e.g. a password and ACL file).
+    the queues are unbounded here and the bridge applies backpressure instead. A packet
+    larger than MAX_PACKET_BYTES closes its connection, unless `extra` sets `max_packet_size`.
+    Anonymous clients are allowed unless `extra` says otherwise (e.g. a password and ACL file).
     """
     return (
         f"listener {port} 127.0.0.1\n"
         + ("" if "allow_anonymous" in extra else "allow_anonymous true\n")
         # Started as root, Mosquitto switches to its own user, which could not write data_dir.
         + f"user {getpass.getuser()}\n"
+        + ("" if "max_packet_size" in extra else f"max_packet_size {MAX_PACKET_BYTES}\n")
         + f"persistence true\npersistence_location {data_dir}/\nautosave_interval 1\n"
         "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
         "set_tcp_nodelay true\n"

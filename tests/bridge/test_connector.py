@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from bridge.config import load_config
 from bridge.connector import Connector
 from firmware import wire
+from gateway.localkafka import free_port
 from tests.bridge.streams import (
     Background,
     connector_file,
@@ -29,6 +30,7 @@ from tests.bridge.streams import (
 )
 from tests.fixtures.kafka import KafkaService, LocalKafkaHandle
 from tests.fixtures.mqtt import BrokerHandle
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +101,8 @@ def test_garbage_goes_to_the_dead_letter_topic_and_the_bridge_keeps_running(
     assert len(ok) == 1
     counted = REGISTRY.get_sample_value("trackside_bridge_dead_lettered_total", {"connector": name})
     assert counted == len(bad)
+    delivered = REGISTRY.get_sample_value("trackside_bridge_delivered_total", {"connector": name})
+    assert delivered == 1  # the good reading only
     assert sorted(m.value() for m in dead) == sorted(bad.values())
     for msg in dead:
         headers = dict(msg.headers())
@@ -269,3 +273,45 @@ def test_commands_flow_from_kafka_to_the_train_over_mqtt(
     ]
     assert connector.commands is not None
     assert connector.commands.rejected == 1
+
+
+def test_counters_count_what_kafka_took_dead_letters_apart(
+    mosquitto: BrokerHandle, kafka: KafkaService, tmp_path: Path, unique_topic: str
+) -> None:
+    """Finding 5: delivered_total included dead letters, and dead_lettered_total counted a
+    dead letter as soon as it was made, before Kafka (or only the spool) had it. Both count
+    on Kafka's report now: while Kafka is away nothing, after the replay each exactly."""
+    name = _prefix(unique_topic)
+    labels = {"connector": name}
+
+    def counted(metric: str) -> float:
+        return REGISTRY.get_sample_value(f"trackside_bridge_{metric}_total", labels) or 0.0
+
+    nowhere = f"127.0.0.1:{free_port()}"  # no Kafka: everything goes to the spool
+    config = connector_file(tmp_path, mosquitto, nowhere, name)
+    connector = Connector(load_config(config))
+    connector.start()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        for seq in range(5):
+            frame = wire.encode(7, 1, seq, 1, {"engine_temp": 1})
+            client.publish(f"{name}/v1/T1/7/telemetry", frame, qos=1).wait_for_publish(10)
+        for _ in range(3):
+            client.publish(f"{name}/v1/T1/7/telemetry", b"\x00garbage", qos=1).wait_for_publish(10)
+        wait_until(lambda: counted("spooled") == 8, 30, "all eight in the spool")
+        assert (counted("delivered"), counted("dead_lettered")) == (0, 0)
+    finally:
+        client.loop_stop()
+        connector.stop()
+    replaying = Connector(
+        load_config(config, {"kafka": {"bootstrap_servers": kafka.bootstrap_servers}})
+    )
+    replaying.start()
+    try:
+        wait_until(lambda: counted("replayed") == 8, 60, "the spool replayed")
+        assert (counted("delivered"), counted("dead_lettered")) == (5, 3)
+    finally:
+        replaying.stop()
+    assert len(read_topic(kafka.bootstrap_servers, f"{name}.dead-letter", 3)) == 3
