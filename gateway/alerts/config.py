@@ -1,4 +1,5 @@
-"""The alert service's own settings (`alerts.yaml`): Kafka, topic names, the rule file."""
+"""The alert service's own settings (`alerts.yaml`): Kafka, topic names, the rule file, and
+where to post notifications (Alertmanager)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.alerts.notify import AlertmanagerSettings
 from gateway.alerts.rules import load_model
 from gateway.topics import Topics
 
-__all__ = ["DEFAULT_RULES", "KafkaSettings", "ServiceConfig", "Topics", "load_service_config"]
+__all__ = [
+    "DEFAULT_RULES",
+    "AlertmanagerSettings",
+    "KafkaSettings",
+    "ServiceConfig",
+    "Topics",
+    "load_service_config",
+]
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "default_rules.yaml"
 
@@ -38,6 +47,8 @@ class ServiceConfig(_Frozen):
     rules_file: Path = DEFAULT_RULES
     stale_check_s: float = Field(1.0, gt=0)
     max_batch: int = Field(2000, ge=1)
+    # Post alert changes to this Alertmanager (docs/alerts.md#notifications); None: do not.
+    alertmanager: AlertmanagerSettings | None = None
 
 
 def load_service_config(path: Path) -> ServiceConfig:

@@ -43,6 +43,7 @@ from gateway.alerts.config import ServiceConfig
 from gateway.alerts.engine import Engine, Reading
 from gateway.alerts.kafka_link import UNREACHABLE, KafkaLink
 from gateway.alerts.metrics import ABORTED, STATE_SKIPPED
+from gateway.alerts.notify import Notifier
 from gateway.alerts.rules import RuleSet
 from gateway.alerts.state import StateStore
 from gateway.supervise import Backoff
@@ -111,6 +112,8 @@ class AlertService:
         self.counters = Counters()
         self.ready = threading.Event()
         self.link = KafkaLink(config.kafka.bootstrap_servers)
+        # Posts committed alert changes to Alertmanager from its own thread (never blocks).
+        self.notifier = Notifier(config.alertmanager, rules) if config.alertmanager else None
         self._common: dict[str, Any] = {
             "bootstrap.servers": config.kafka.bootstrap_servers,
             # librdkafka would log every failed connection attempt (hundreds of lines while
@@ -133,6 +136,9 @@ class AlertService:
             log.info("alert service stopped while it waited for Kafka")
         except KafkaException as exc:  # the last line: no librdkafka error leaves the package
             raise AlertError(f"Kafka failed: {_describe(exc)}; {_RESTART}") from exc
+        finally:
+            if self.notifier is not None and stop.is_set():
+                self.notifier.stop()
 
     def _run(self, stop: threading.Event) -> None:
         topics = self.config.topics
@@ -163,6 +169,8 @@ class AlertService:
                 attempts=2 * _TXN_ATTEMPTS,
             )
             engine = Engine(self.rules, self._restore(stop))
+            if self.notifier is not None:
+                self.notifier.restored(engine.store)
             consumer = self._client(
                 Consumer,
                 {
@@ -489,6 +497,8 @@ class AlertService:
         )
         self.counters.alerts += len(effects.alerts)
         self.counters.transactions += 1
+        if self.notifier is not None:  # only what is committed; a queue put, nothing more
+            self.notifier.publish(effects.alerts)
 
     @staticmethod
     def _produce(producer: Producer, topic: str, key: str, value: dict[str, Any]) -> None:

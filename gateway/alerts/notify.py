@@ -1,0 +1,272 @@
+"""Alert changes to Prometheus Alertmanager (`POST /api/v2/alerts`), off the Kafka path.
+
+The service hands every committed alert event to `Notifier.publish`, which only queues it; one
+thread posts. Like Prometheus, the thread re-sends every active alert each `resend_s` with an
+`endsAt` a few periods ahead, so Alertmanager resolves alerts of a service that died, and
+learns again what it lost when it restarted. A post that fails is retried (1 s doubling to
+`resend_s`) with everything active, so an Alertmanager that was down misses nothing that is
+still true; a resolve it missed is posted until it is accepted. After a restart of the service
+the active alerts are taken from the restored rule states (`restored`), which live in Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+from gateway.alerts import AlertError
+from gateway.alerts.rules import UNITS, RuleSet, StaleRule
+from gateway.alerts.state import StateStore
+from gateway.supervise import Backoff
+
+__all__ = ["AlertmanagerSettings", "Notifier", "to_alertmanager"]
+
+log = logging.getLogger(__name__)
+
+# How many resend periods an active alert's endsAt lies ahead (Prometheus uses 4): a service
+# that stops posting has its alerts resolved by Alertmanager after that long.
+_ENDS_AFTER_PERIODS = 4
+_POST_TIMEOUT_S = 5.0
+_RUNBOOK = "https://github.com/trackside/trackside/blob/main/docs/alerts.md#default-rules-and-their-sources"
+
+
+class AlertmanagerSettings(BaseModel):
+    """`alertmanager:` of the alert service file; notifications are off when it is absent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: HttpUrl = Field(description="Alertmanager's base URL, e.g. http://127.0.0.1:9094")
+    resend_s: float = Field(30.0, gt=0, le=600)
+    runbook: str = _RUNBOOK
+
+
+def _iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def to_alertmanager(
+    event: dict[str, Any], kind: str, runbook: str, now_ms: int, resend_s: float
+) -> dict[str, Any]:
+    """One alert event (the alerts topic's record) as an Alertmanager v2 alert."""
+    value, threshold, sensor = event.get("value"), event.get("threshold"), str(event["sensor"])
+    unit = "s" if kind == "stale" else UNITS.get(sensor.split("-", 1)[0], "")
+    annotations = {
+        "summary": f"{event['train_id']} device {event['device_id']}: {event['message']}",
+        "value": f"{value:g} {unit}".strip() if isinstance(value, int | float) else "",
+        "threshold": f"{threshold:g} {unit}".strip() if isinstance(threshold, int | float) else "",
+        "runbook": f"{runbook} ({event['rule']})",
+    }
+    if event.get("acked_by"):
+        annotations["acknowledged_by"] = str(event["acked_by"])
+    # Like Prometheus (FiredAt): a firing alert starts when it fired, not when it began to be
+    # pending; an old start would also make Alertmanager skip `group_wait` for its group. A
+    # resolve carries only the pending start.
+    started = event.get("since_ms") if event["state"] == "resolved" else event.get("ts_ms")
+    since = started or now_ms
+    alert: dict[str, Any] = {
+        "labels": {
+            "alertname": str(event["rule"]),
+            "train": str(event["train_id"]),
+            "device": str(event["device_id"]),
+            "rule": str(event["rule"]),
+            "sensor": sensor,
+            "severity": str(event["severity"]),
+            "kind": kind,
+        },
+        "annotations": annotations,
+        "startsAt": _iso(min(since, now_ms)),
+    }
+    if event["state"] == "resolved":
+        # Device clocks drift: an end in the future would keep the alert firing until then.
+        ended = min(int(event.get("ts_ms") or now_ms), now_ms)
+        alert["endsAt"] = _iso(max(ended, min(since, now_ms)))
+    else:
+        alert["endsAt"] = _iso(now_ms + _ENDS_AFTER_PERIODS * resend_s * 1000)
+    return alert
+
+
+def _identity(event: dict[str, Any]) -> tuple[str, ...]:
+    """What makes two events the same Alertmanager alert (the labels that vary)."""
+    return tuple(str(event[k]) for k in ("train_id", "device_id", "rule", "sensor"))
+
+
+class Notifier:
+    """Posts alert changes to Alertmanager from its own thread; `publish` never blocks."""
+
+    def __init__(self, settings: AlertmanagerSettings, rules: RuleSet) -> None:
+        self.settings = settings
+        self.endpoint = f"{str(settings.url).rstrip('/')}/api/v2/alerts"
+        self._rules = {rule.name: rule for rule in rules.rules}
+        self._events: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.failure: str | None = None  # why the thread ended, if it did by a bug
+        self.up: bool | None = None  # whether the last post was accepted; None before one
+        self.posts = 0  # accepted posts
+        self.failed_posts = 0
+
+    # -- the service's side ---------------------------------------------------------------
+
+    def restored(self, store: StateStore) -> None:
+        """After the service restored its state: (re)start the thread and post what fires."""
+        events = []
+        for state in store.rules.values():
+            rule = self._rules.get(state.rule)
+            if state.state != "firing" or rule is None:
+                continue
+            threshold = rule.after_s if isinstance(rule, StaleRule) else rule.threshold
+            events.append(
+                {
+                    "train_id": state.train_id,
+                    "device_id": state.device_id,
+                    "rule": state.rule,
+                    "sensor": state.sensor,
+                    "severity": rule.severity,
+                    "state": "firing",
+                    "value": state.value,
+                    "threshold": threshold,
+                    "ts_ms": state.ts_ms,
+                    "since_ms": state.since_ms,
+                    "message": f"{state.rule} on {state.sensor} (still firing after a restart)",
+                    "acked_by": state.acked_by,
+                    # A running thread may know this alert better (its summary): keep that.
+                    "_restored": True,
+                }
+            )
+        if self._thread is None or not self._thread.is_alive():
+            self.failure = None
+            self._thread = threading.Thread(target=self._run, name="alerts-notify", daemon=True)
+            self._thread.start()
+        self._events.put(events)
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        """Queue the alert events of a committed transaction; raises if the thread died."""
+        if self.failure is not None:
+            raise AlertError(f"the Alertmanager notifier failed: {self.failure}; restarting")
+        if events:
+            self._events.put(events)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread; Alertmanager resolves what is active when its endsAt passes."""
+        if self._thread is not None:
+            self._events.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # a bug: the service sees it at its next publish
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("the Alertmanager notifier failed; the alert service restarts")
+
+    def _loop(self) -> None:
+        resend_s = self.settings.resend_s
+        active: dict[tuple[str, ...], dict[str, Any]] = {}  # firing, by alert identity
+        unsent: dict[tuple[str, ...], dict[str, Any]] = {}  # changes not yet accepted
+        backoff = Backoff(initial_s=1.0, max_s=resend_s)
+        failures = 0
+        next_resend = time.monotonic() + resend_s
+        not_before = 0.0
+        wait = resend_s
+        while True:
+            try:
+                first = self._events.get(timeout=max(wait, 0.0))
+            except queue.Empty:
+                first = []
+            for batch in [first, *self._drain()]:
+                if batch is None:
+                    return
+                for event in batch:
+                    key = _identity(event)
+                    if event.get("_restored") and key in active:
+                        continue
+                    if event["state"] == "resolved":
+                        active.pop(key, None)
+                    else:
+                        active[key] = event
+                    unsent[key] = event
+            now = time.monotonic()
+            if now < not_before:  # backing off after a failed post
+                wait = not_before - now
+                continue
+            # After a failure Alertmanager may have restarted and lost everything: send all.
+            resend = now >= next_resend or failures > 0
+            todo = {**active, **unsent} if resend else unsent
+            if todo and not self._post(list(todo.values())):
+                not_before = time.monotonic() + backoff.delay(failures)
+                failures += 1
+                wait = not_before - time.monotonic()
+                continue
+            unsent.clear()
+            failures = 0
+            if resend:
+                next_resend = now + resend_s
+            wait = next_resend - time.monotonic()
+
+    def _drain(self) -> list[list[dict[str, Any]] | None]:
+        out: list[list[dict[str, Any]] | None] = []
+        while True:
+            try:
+                out.append(self._events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _post(self, events: list[dict[str, Any]]) -> bool:
+        now_ms = int(time.time() * 1000)
+        body = [
+            to_alertmanager(
+                e,
+                self._kind(str(e["rule"])),
+                self.settings.runbook,
+                now_ms,
+                self.settings.resend_s,
+            )
+            for e in events
+        ]
+        request = urllib.request.Request(
+            self.endpoint,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=_POST_TIMEOUT_S) as answer:
+                answer.read()
+        except urllib.error.HTTPError as exc:
+            # A 400 is a bug here (a malformed alert), not an outage: say so, keep retrying.
+            self._down(f"HTTP {exc.code}: {exc.read()[:300]!r}")
+            return False
+        except (urllib.error.URLError, OSError) as exc:
+            self._down(str(getattr(exc, "reason", exc)))
+            return False
+        self.posts += 1
+        if self.up is False:
+            log.warning("Alertmanager at %s accepts alerts again", self.settings.url)
+        self.up = True
+        return True
+
+    def _kind(self, rule: str) -> str:
+        known = self._rules.get(rule)
+        return known.kind if known is not None else "unknown"
+
+    def _down(self, why: str) -> None:
+        self.failed_posts += 1
+        if self.up is not False:
+            log.warning(
+                "cannot post alerts to Alertmanager at %s (%s); retrying, nothing is lost "
+                "while the service runs (start it with `trackside alertmanager up`)",
+                self.settings.url,
+                why,
+            )
+        self.up = False
