@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway import GatewayError
 from gateway.alerts.rules import Duration, Severity, load_model
@@ -116,7 +125,7 @@ class NotificationConfig(_Frozen):
     receivers: tuple[Receiver, ...]
     default_receiver: Name
     routes: tuple[Route, ...] = ()
-    smtp: Smtp | None = None
+    smtp: Smtp | None = Field(None, validate_default=True)
     group_by: tuple[str, ...] = ("train",)
     group_wait: Duration = 30.0
     group_interval: Duration = 300.0
@@ -124,23 +133,46 @@ class NotificationConfig(_Frozen):
     resolve_timeout: Duration = 300.0
     inhibit: Inhibit = Inhibit()
 
-    @model_validator(mode="after")
-    def _consistent(self) -> NotificationConfig:
-        if not self.receivers:
-            raise ValueError("receivers: give at least one receiver")
-        names = [r.name for r in self.receivers]
+    # Field validators, so that a mistake is reported at its key; each sees the fields above it.
+    @field_validator("receivers")
+    @classmethod
+    def _unique(cls, receivers: tuple[Receiver, ...]) -> tuple[Receiver, ...]:
+        if not receivers:
+            raise ValueError("give at least one receiver")
+        names = [r.name for r in receivers]
         doubles = sorted({n for n in names if names.count(n) > 1})
         if doubles:
             raise ValueError(f"receiver names must be unique; repeated: {', '.join(doubles)}")
-        used = [("default_receiver", self.default_receiver)] + [
-            (f"routes[{i}].receiver", r.receiver) for i, r in enumerate(self.routes)
-        ]
-        for key, name in used:
-            if name not in names:
-                raise ValueError(f"{key}: no receiver is named {name!r}; receivers: {names}")
-        if self.smtp is None and any(r.email for r in self.receivers):
-            raise ValueError("an `email` receiver needs `smtp` (smarthost and from)")
-        return self
+        return receivers
+
+    @field_validator("default_receiver")
+    @classmethod
+    def _default_known(cls, name: str, info: ValidationInfo) -> str:
+        _known(name, info)
+        return name
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_known(cls, routes: tuple[Route, ...], info: ValidationInfo) -> tuple[Route, ...]:
+        for i, route in enumerate(routes):
+            _known(route.receiver, info, f"routes[{i}].receiver: ")
+        return routes
+
+    @field_validator("smtp")
+    @classmethod
+    def _smtp_for_email(cls, smtp: Smtp | None, info: ValidationInfo) -> Smtp | None:
+        mailing = [r.name for r in info.data.get("receivers", ()) if r.email]
+        if smtp is None and mailing:
+            raise ValueError(
+                f"the e-mail receivers ({', '.join(mailing)}) need `smtp:` with smarthost and from"
+            )
+        return smtp
+
+
+def _known(name: str, info: ValidationInfo, where: str = "") -> None:
+    names = [r.name for r in info.data.get("receivers", ())]
+    if names and name not in names:
+        raise ValueError(f"{where}no receiver is named {name!r}; receivers: {', '.join(names)}")
 
 
 def load_notifications(path: Path) -> NotificationConfig:
@@ -240,7 +272,7 @@ class LocalAlertmanager:
 
     home: Path
     port: int
-    config: NotificationConfig
+    config: NotificationConfig | None = None  # only `start` needs it: it writes the config
 
     @classmethod
     def on_free_port(cls, home: Path, config: NotificationConfig) -> LocalAlertmanager:
@@ -264,6 +296,8 @@ class LocalAlertmanager:
 
     def write_config(self) -> Path:
         """Write `alertmanager.yml` from the notification config."""
+        if self.config is None:
+            raise AlertmanagerError("no notification config to write alertmanager.yml from")
         self.home.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(alertmanager_config(self.config), sort_keys=False)
         fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 # that stops posting has its alerts resolved by Alertmanager after that long.
 _ENDS_AFTER_PERIODS = 4
 _POST_TIMEOUT_S = 5.0
-_RUNBOOK = "https://github.com/trackside/trackside/blob/main/docs/alerts.md#default-rules-and-their-sources"
+# Where the desk reads what a rule means; a service file may point at its own runbook.
+_RUNBOOK = "docs/alerts.md, default rules and their sources"
 
 
 class AlertmanagerSettings(BaseModel):
@@ -46,7 +47,7 @@ class AlertmanagerSettings(BaseModel):
 
     url: HttpUrl = Field(description="Alertmanager's base URL, e.g. http://127.0.0.1:9094")
     resend_s: float = Field(30.0, gt=0, le=600)
-    runbook: str = _RUNBOOK
+    runbook: str = Field(_RUNBOOK, description="the runbook annotation, before `(rule)`")
 
 
 def _iso(ms: float) -> str:
@@ -54,9 +55,15 @@ def _iso(ms: float) -> str:
 
 
 def to_alertmanager(
-    event: dict[str, Any], kind: str, runbook: str, now_ms: int, resend_s: float
+    event: dict[str, Any],
+    kind: str,
+    runbook: str,
+    now_ms: int,
+    resend_s: float,
+    description: str = "",
 ) -> dict[str, Any]:
-    """One alert event (the alerts topic's record) as an Alertmanager v2 alert."""
+    """One alert event (the alerts topic's record) as an Alertmanager v2 alert; `description`
+    is the rule's, when it has one."""
     value, threshold, sensor = event.get("value"), event.get("threshold"), str(event["sensor"])
     unit = "s" if kind == "stale" else UNITS.get(sensor.split("-", 1)[0], "")
     annotations = {
@@ -65,6 +72,8 @@ def to_alertmanager(
         "threshold": f"{threshold:g} {unit}".strip() if isinstance(threshold, int | float) else "",
         "runbook": f"{runbook} ({event['rule']})",
     }
+    if description:
+        annotations["description"] = description
     if event.get("acked_by"):
         annotations["acknowledged_by"] = str(event["acked_by"])
     # Like Prometheus (FiredAt): a firing alert starts when it fired, not when it began to be
@@ -231,6 +240,7 @@ class Notifier:
                 self.settings.runbook,
                 now_ms,
                 self.settings.resend_s,
+                self._description(str(e["rule"])),
             )
             for e in events
         ]
@@ -255,6 +265,10 @@ class Notifier:
             log.warning("Alertmanager at %s accepts alerts again", self.settings.url)
         self.up = True
         return True
+
+    def _description(self, rule: str) -> str:
+        known = self._rules.get(rule)
+        return known.description if known is not None else ""
 
     def _kind(self, rule: str) -> str:
         known = self._rules.get(rule)

@@ -49,8 +49,7 @@ def _running() -> tuple[LocalAlertmanager, int] | None:
     except ProcessLookupError:
         state.unlink()
         return None
-    config = load_notifications(Path(info["config"]))
-    return LocalAlertmanager(Path(info["home"]), info["port"], config), int(info["pid"])
+    return LocalAlertmanager(Path(info["home"]), info["port"]), int(info["pid"])
 
 
 @app.command()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from gateway.alertmanager import (
     DEFAULT_NOTIFICATIONS,
@@ -18,6 +19,8 @@ from gateway.alertmanager import (
     load_notifications,
 )
 from gateway.alerts.rules import RuleError
+from gateway.cli import build_app
+from gateway.localkafka import free_port
 from tests.fixtures.alertmanager import AlertmanagerHandle
 from tests.fixtures.waiting import wait_until
 
@@ -116,12 +119,21 @@ def test_inhibition_critical_over_warning_and_offline_over_sensors(tmp_path: Pat
         (FULL.replace("severities: [critical]", "severities: [urgent]"), "routes[0].severities[0]"),
         (
             FULL.replace("receiver: on-call,", "receiver: oncall,"),
-            "routes[0].receiver: no receiver",
+            "routes: Value error, routes[0].receiver: no receiver is named 'oncall'; "
+            "receivers: desk, on-call",
         ),
-        (FULL.replace("default_receiver: desk", "default_receiver: nobody"), "default_receiver"),
+        (
+            FULL.replace("default_receiver: desk", "default_receiver: nobody"),
+            "default_receiver: Value error, no receiver is named 'nobody'",
+        ),
         (FULL.replace("smtp: {", "smtq: {"), "smtq: Extra inputs"),
-        (FULL.split("smtp:", maxsplit=1)[0], "an `email` receiver needs `smtp`"),
+        (
+            FULL.split("smtp:", maxsplit=1)[0],
+            "smtp: Value error, the e-mail receivers (desk, on-call) need `smtp:`",
+        ),
         ("receivers:\n  - name: x\ndefault_receiver: x\n", "receivers[0] (x): Value error, give"),
+        ("receivers: []\ndefault_receiver: x\n", "receivers: Value error, give at least one"),
+        (FULL.replace("name: on-call", "name: desk"), "receivers: Value error, receiver names"),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, where: str) -> None:
@@ -165,3 +177,24 @@ def test_launcher_starts_alertmanager_that_takes_alerts_and_stops_it(
     wait_until(listed, 10, "the posted alert listed by Alertmanager")
     manager.stop()
     assert not manager.manager.ready()
+
+
+@pytest.mark.integration
+def test_cli_up_status_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACKSIDE_CACHE", str(tmp_path / "cache"))
+    notifications = tmp_path / "notifications.yaml"
+    notifications.write_text(FULL)
+    app, runner, port = build_app("alertmanager"), CliRunner(), free_port()
+    started = runner.invoke(
+        app, ["alertmanager", "up", "-c", str(notifications), "--port", str(port)]
+    )
+    try:
+        assert started.exit_code == 0, started.output
+        assert f"http://127.0.0.1:{port}" in started.output
+        status = runner.invoke(app, ["alertmanager", "status"])
+        assert status.exit_code == 0 and "is ready" in status.output, status.output
+        notifications.unlink()  # status and down do not need the file any more
+    finally:
+        stopped = runner.invoke(app, ["alertmanager", "down"])
+    assert stopped.exit_code == 0 and "stopped" in stopped.output, stopped.output
+    assert runner.invoke(app, ["alertmanager", "status"]).exit_code == 1

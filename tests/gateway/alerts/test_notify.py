@@ -61,6 +61,8 @@ def test_a_firing_event_becomes_an_alert_with_labels_annotations_and_a_future_en
         "runbook": "docs/alerts.md (bearing_critical)",
     }
     assert alert["startsAt"] == "2026-01-01T00:00:06.000+00:00"  # fired, not pending
+    described = to_alertmanager(EVENT, "threshold", "", NOW_MS, 30.0, "Stop and inspect")
+    assert described["annotations"]["description"] == "Stop and inspect"
     assert alert["endsAt"] == "2026-01-01T00:02:10.000+00:00"  # now + 4 x 30 s
 
 
