@@ -125,11 +125,17 @@ class Notifier:
     # -- the service's side ---------------------------------------------------------------
 
     def restored(self, store: StateStore) -> None:
-        """After the service restored its state: (re)start the thread and post what fires."""
+        """After the service restored its state: (re)start the thread and post what fires,
+        and what resolved within the last `4 x resend_s` (a resolve committed just before a
+        crash may not have been posted)."""
+        recent_ms = time.time() * 1000 - _ENDS_AFTER_PERIODS * self.settings.resend_s * 1000
         events = []
         for state in store.rules.values():
             rule = self._rules.get(state.rule)
-            if state.state != "firing" or rule is None:
+            if rule is None or not (
+                state.state == "firing"
+                or (state.state == "resolved" and (state.ts_ms or 0) >= recent_ms)
+            ):
                 continue
             threshold = rule.after_s if isinstance(rule, StaleRule) else rule.threshold
             events.append(
@@ -139,14 +145,14 @@ class Notifier:
                     "rule": state.rule,
                     "sensor": state.sensor,
                     "severity": rule.severity,
-                    "state": "firing",
+                    "state": state.state,
                     "value": state.value,
                     "threshold": threshold,
                     "ts_ms": state.ts_ms,
                     "since_ms": state.since_ms,
-                    "message": f"{state.rule} on {state.sensor} (still firing after a restart)",
+                    "message": f"{state.rule} {state.state} on {state.sensor} (restored)",
                     "acked_by": state.acked_by,
-                    # A running thread may know this alert better (its summary): keep that.
+                    # A running thread knows these alerts at least as well: it keeps its own.
                     "_restored": True,
                 }
             )
@@ -163,8 +169,9 @@ class Notifier:
         if events:
             self._events.put(events)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the thread; Alertmanager resolves what is active when its endsAt passes."""
+    def stop(self, timeout: float = 2 * _POST_TIMEOUT_S) -> None:
+        """Post what is not posted yet (one try), end the thread; Alertmanager resolves what
+        is still active when its endsAt passes."""
         if self._thread is not None:
             self._events.put(None)
             self._thread.join(timeout)
@@ -194,11 +201,13 @@ class Notifier:
             except queue.Empty:
                 first = []
             for batch in [first, *self._drain()]:
-                if batch is None:
+                if batch is None:  # stop: one last try for what Alertmanager has not got
+                    if unsent:
+                        self._post(list(unsent.values()))
                     return
                 for event in batch:
                     key = _identity(event)
-                    if event.get("_restored") and key in active:
+                    if event.get("_restored") and (key in active or key in unsent):
                         continue
                     if event["state"] == "resolved":
                         active.pop(key, None)

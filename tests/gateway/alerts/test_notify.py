@@ -18,7 +18,7 @@ from gateway.alerts.config import DEFAULT_RULES, KafkaSettings, ServiceConfig
 from gateway.alerts.notify import AlertmanagerSettings, Notifier, to_alertmanager
 from gateway.alerts.rules import RuleSet, load_rules
 from gateway.alerts.service import AlertService
-from gateway.alerts.state import StateStore
+from gateway.alerts.state import StateName, StateStore
 from gateway.topics import Topics
 from tests.fixtures.alertmanager import AlertmanagerHandle, MailSink, WebhookSink
 from tests.fixtures.kafka import KafkaService
@@ -100,6 +100,37 @@ def test_notifier_retries_until_accepted_and_resends_what_fires(
         assert [[a["labels"]["train"] for a in post] for post in posts[1:3]] == [["T104"]] * 2
     finally:
         notifier.stop()
+
+
+def test_after_a_restore_what_fires_and_what_just_resolved_is_posted_and_stop_flushes(
+    webhook_sink: WebhookSink,
+) -> None:
+    now_ms = int(time.time() * 1000)
+    store = StateStore()
+    states: list[tuple[str, StateName, int]] = [
+        ("T1", "firing", now_ms - 3_600_000),  # fires for an hour: posted
+        ("T2", "resolved", now_ms - 1000),  # resolved a second ago: posted, maybe unsent
+        ("T3", "resolved", now_ms - 3_600_000),  # resolved long ago: Alertmanager knows
+        ("T4", "pending", now_ms),  # not an alert
+    ]
+    for train, state, ts_ms in states:
+        rule_state = store.rule(train, "bearing_critical", 1, "bearing_left_temp")
+        rule_state.state, rule_state.ts_ms, rule_state.value = state, ts_ms, 130.0
+        rule_state.since_ms = ts_ms - 1000
+    url = webhook_sink.url.removesuffix("/alerts")
+    notifier = Notifier(AlertmanagerSettings(url=url, resend_s=60), load_rules(DEFAULT_RULES))
+    notifier.restored(store)
+    try:
+        wait_until(lambda: notifier.posts >= 1, 10, "the restored alerts posted")
+        restored = {a["labels"]["train"]: a for a in webhook_sink.received()[0]}
+        assert set(restored) == {"T1", "T2"}
+        assert restored["T1"]["annotations"]["threshold"] == "111 degC"
+        webhook_sink.refuse = 1  # the next post fails: stop must try once more
+        notifier.publish([{**EVENT, "train_id": "T5"}])
+        wait_until(lambda: notifier.failed_posts >= 1, 10, "a refused post")
+    finally:
+        notifier.stop()
+    assert [a["labels"]["train"] for a in webhook_sink.received()[-1]] == ["T5"]
 
 
 # -- with Kafka, the alert service and the real Alertmanager ------------------------------
@@ -278,3 +309,35 @@ def test_alertmanager_down_for_30_s_loses_no_notification(
         assert len(_of(posts, train, "firing")) == 1, posts
         assert len(_of(posts, train, "resolved")) == 1, posts
     print(f"T2's notification {t2_after:.1f} s after Alertmanager was back")
+
+
+@pytest.mark.integration
+def test_an_offline_device_mutes_its_sensor_alerts(
+    kafka: KafkaService,
+    unique_topic: str,
+    alertmanager_factory: Callable[[NotificationConfig], AlertmanagerHandle],
+    webhook_sink: WebhookSink,
+    mail_sink: MailSink,
+) -> None:
+    manager = alertmanager_factory(_notifications(webhook_sink, mail_sink)).start()
+    topics = Topics.with_prefix(unique_topic)
+    fleet = Fleet(kafka.bootstrap_servers, topics.telemetry)
+    with _alert_service(kafka, unique_topic, manager.url, load_rules(DEFAULT_RULES)):
+        fleet.bearing_fault("T9")
+        wait_until(lambda: _of(webhook_sink.received(), "T9", "firing"), 30, "T9 firing")
+        # The board's last will: the stale rule fires for device 1 of T9.
+        fleet.producer.produce(topics.device_status, b'{"state": "offline"}', b"T9/1")
+        assert fleet.producer.flush(10) == 0
+        wait_until(
+            lambda: len(_of(webhook_sink.received(), "T9", "firing")) >= 2,
+            30,
+            "the notification with the offline device",
+        )
+    first, second = _of(webhook_sink.received(), "T9", "firing")[:2]
+    assert {a["labels"]["rule"] for a in first["alerts"]} == {
+        "bearing_critical",
+        "bearing_difference",
+    }
+    assert [(a["labels"]["rule"], a["labels"]["kind"]) for a in second["alerts"]] == [
+        ("device_stale", "stale")
+    ]
