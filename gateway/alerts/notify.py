@@ -21,6 +21,7 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from gateway.alerts import AlertError
@@ -28,9 +29,24 @@ from gateway.alerts.rules import UNITS, RuleSet, StaleRule
 from gateway.alerts.state import StateStore
 from gateway.supervise import Backoff
 
-__all__ = ["AlertmanagerSettings", "Notifier", "to_alertmanager"]
+__all__ = [
+    "ALERTMANAGER_UP",
+    "FAILED_POSTS",
+    "AlertmanagerSettings",
+    "Notifier",
+    "to_alertmanager",
+]
 
 log = logging.getLogger(__name__)
+
+ALERTMANAGER_UP = Gauge(
+    "trackside_alerts_alertmanager_up",
+    "1 while Alertmanager accepted the last post of alert changes, 0 while it is away",
+)
+FAILED_POSTS = Counter(
+    "trackside_alerts_alertmanager_posts_failed",
+    "Posts of alert changes to Alertmanager that failed (they are retried)",
+)
 
 # How many resend periods an active alert's endsAt lies ahead (Prometheus uses 4): a service
 # that stops posting has its alerts resolved by Alertmanager after that long.
@@ -270,6 +286,7 @@ class Notifier:
             self._down(str(getattr(exc, "reason", exc)))
             return False
         self.posts += 1
+        ALERTMANAGER_UP.set(1)
         if self.up is False:
             log.warning("Alertmanager at %s accepts alerts again", self.settings.url)
         self.up = True
@@ -285,6 +302,8 @@ class Notifier:
 
     def _down(self, why: str) -> None:
         self.failed_posts += 1
+        FAILED_POSTS.inc()
+        ALERTMANAGER_UP.set(0)
         if self.up is not False:
             log.warning(
                 "cannot post alerts to Alertmanager at %s (%s); retrying, nothing is lost "

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from prometheus_client import REGISTRY
 
 from gateway.alertmanager import NotificationConfig
 from gateway.alerts.config import DEFAULT_RULES, KafkaSettings, ServiceConfig
@@ -93,6 +94,10 @@ def test_notifier_retries_until_accepted_and_resends_what_fires(
         notifier.publish([{**other, "state": "resolved"}])
         wait_until(lambda: notifier.posts >= 3, 20, "three accepted posts")
         assert notifier.failed_posts == 2
+        assert REGISTRY.get_sample_value("trackside_alerts_alertmanager_up") == 1
+        assert (
+            REGISTRY.get_sample_value("trackside_alerts_alertmanager_posts_failed_total") or 0
+        ) >= 2
         posts = webhook_sink.received()
         first = {a["labels"]["train"]: a for a in posts[0]}
         assert set(first) == {"T104", "T7"}
