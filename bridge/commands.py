@@ -22,6 +22,7 @@ from bridge import BridgeError
 from bridge.config import ConnectorConfig
 from bridge.metrics import DEAD_LETTERED
 from bridge.record import id_problem, shown
+from bridge.redact import mask
 
 __all__ = [
     "CommandError",
@@ -135,27 +136,32 @@ class CommandRelay:
         self.topic = config.commands.topic
         self.mqtt = mqtt
         # Security and other librdkafka settings apply to both clients, as to the connector's.
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": config.kafka.bootstrap_servers,
-                "group.id": config.commands.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "log_level": 3,
-                **config.kafka.settings,
-            }
-        )
-        self.producer = Producer(
-            {
-                "bootstrap.servers": config.kafka.bootstrap_servers,
-                "client.id": f"trackside-{config.name}-commands",
-                "enable.idempotence": True,
-                "acks": "all",
-                "log_level": 3,
-                **config.kafka.settings,
-            }
-        )
+        # librdkafka's own log lines repeat every connection attempt while Kafka is away; its
+        # errors reach the relay through poll() and commit().
+        settings = {"bootstrap.servers": config.kafka.bootstrap_servers, "log_level": 2}
+        try:
+            self.consumer = Consumer(
+                {
+                    **settings,
+                    "group.id": config.commands.group_id,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "isolation.level": "read_committed",
+                    **config.kafka.settings,
+                }
+            )
+            self.producer = Producer(
+                {
+                    **settings,
+                    "client.id": f"trackside-{config.name}-commands",
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    **config.kafka.settings,
+                }
+            )
+        except KafkaException as exc:
+            refused = mask(str(exc), config.kafka.settings)
+            raise RelayError(f"kafka.settings: librdkafka refused them: {refused}") from exc
         self.relayed = 0
         self.rejected = 0
         self.failure: str | None = None

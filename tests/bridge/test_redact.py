@@ -10,8 +10,10 @@ import pytest
 from confluent_kafka import Producer
 from pydantic import SecretStr
 
-from bridge.config import ConnectorConfig, KafkaTarget, SpoolConfig
+from bridge.commands import CommandRelay, RelayError
+from bridge.config import CommandsConfig, ConnectorConfig, KafkaTarget, SpoolConfig
 from bridge.kafka_sink import KafkaSink, SinkError
+from bridge.mqtt_source import MqttSourceClient
 from bridge.redact import MASK, is_secret, mask
 from gateway.alerts import AlertError
 from gateway.alerts.config import ServiceConfig
@@ -52,6 +54,15 @@ def test_the_connectors_refused_settings_hide_the_secret(tmp_path: Path) -> None
         KafkaSink(config)
     message = str(refused.value)
     assert "security.protocol" in message and MASK in message  # still says what is wrong
+    assert SECRET not in message
+
+
+def test_the_command_relays_refused_settings_hide_the_secret() -> None:
+    config = ConnectorConfig(kafka=KafkaTarget(settings=REFUSED), commands=CommandsConfig())
+    with pytest.raises(RelayError) as refused:
+        CommandRelay(config, MqttSourceClient(config.mqtt, lambda *_: None))
+    message = str(refused.value)
+    assert "security.protocol" in message and MASK in message
     assert SECRET not in message
 
 
