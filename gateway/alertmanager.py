@@ -100,8 +100,9 @@ class Route(_Frozen):
     receiver: Name
     severities: tuple[Severity, ...] = ()
     trains: tuple[TrainId, ...] = ()
-    # True: the alerts matched here also go on to the next routes and the default receiver.
-    also_default: bool = Field(False, alias="continue")
+    # Alertmanager's `continue`: true, the routes after this one are tried as well. The default
+    # receiver only gets what no route took.
+    try_next: bool = Field(False, alias="continue")
 
     @model_validator(mode="after")
     def _matches_something(self) -> Route:
@@ -213,7 +214,7 @@ def alertmanager_config(config: NotificationConfig) -> dict[str, Any]:
         if route.trains:
             matchers.append(f'train=~"{"|".join(route.trains)}"')
         routes.append(
-            {"receiver": route.receiver, "matchers": matchers, "continue": route.also_default}
+            {"receiver": route.receiver, "matchers": matchers, "continue": route.try_next}
         )
     top: dict[str, Any] = {
         "receiver": config.default_receiver,

@@ -155,6 +155,30 @@ def test_amtool_accepts_the_written_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("labels", "receivers"),
+    [
+        (["severity=critical", "train=T101"], "on-call"),  # `continue` tries the later routes
+        (["severity=warning", "train=T101"], "desk"),
+        (["severity=critical", "train=T9"], "desk"),  # not of the train group
+    ],
+)
+def test_routes_by_severity_and_train_group(
+    tmp_path: Path, labels: list[str], receivers: str
+) -> None:
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(alertmanager_config(_load(tmp_path, FULL))))
+    result = subprocess.run(
+        ["amtool", "config", "routes", "test", f"--config.file={path}", *labels],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receivers
+
+
+@pytest.mark.integration
 def test_launcher_starts_alertmanager_that_takes_alerts_and_stops_it(
     tmp_path: Path, alertmanager_factory: Callable[[NotificationConfig], AlertmanagerHandle]
 ) -> None:
