@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +16,9 @@ from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from gateway.alertmanager import NotificationConfig
-from gateway.alerts.config import DEFAULT_RULES, KafkaSettings, ServiceConfig
+from gateway.alerts.config import DEFAULT_RULES, KafkaSettings, ServiceConfig, load_service_config
 from gateway.alerts.notify import AlertmanagerSettings, Notifier, to_alertmanager
-from gateway.alerts.rules import RuleSet, load_rules
+from gateway.alerts.rules import RuleError, RuleSet, load_rules
 from gateway.alerts.service import AlertService
 from gateway.alerts.state import StateName, StateStore
 from gateway.topics import Topics
@@ -77,6 +78,18 @@ def test_a_resolved_event_ends_at_its_reading_never_in_the_future() -> None:
     )
     acked = to_alertmanager({**EVENT, "acked_by": "ana"}, "threshold", "", NOW_MS, 30.0)
     assert acked["annotations"]["acknowledged_by"] == "ana"
+
+
+def test_the_service_file_turns_notifications_on_and_names_its_mistakes(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.yaml"
+    path.write_text("alertmanager: {url: http://127.0.0.1:9094, resend_s: 15}\n")
+    settings = load_service_config(path).alertmanager
+    assert settings is not None and settings.resend_s == 15
+    path.write_text("alertmanager: {url: 127.0.0.1:9094, resend: 15}\n")
+    with pytest.raises(RuleError) as caught:
+        load_service_config(path)
+    assert str(caught.value).startswith(f"{path}: alertmanager.url: ")
+    assert "alertmanager.resend: Extra inputs are not permitted" in str(caught.value)
 
 
 def test_notifier_retries_until_accepted_and_resends_what_fires(
