@@ -279,8 +279,10 @@ class Notifier:
             with urllib.request.urlopen(request, timeout=_POST_TIMEOUT_S) as answer:
                 answer.read()
         except urllib.error.HTTPError as exc:
-            # A 400 is a bug here (a malformed alert), not an outage: say so, keep retrying.
-            self._down(f"HTTP {exc.code}: {exc.read()[:300]!r}")
+            detail = f"HTTP {exc.code}: {exc.read()[:300]!r}"
+            if 400 <= exc.code < 500:  # not an outage: a malformed alert, a bug of Trackside's
+                detail += "; Alertmanager refused the alerts, please report this as a bug"
+            self._down(detail)
             return False
         except (urllib.error.URLError, OSError) as exc:
             self._down(str(getattr(exc, "reason", exc)))
