@@ -18,6 +18,7 @@ test: lint
 bench:
 	scripts/bootstrap.sh --bench
 	.venv/bin/python -m benchmarks.bridge
+	.venv/bin/python -m benchmarks.embedded
 	.venv/bin/python -m benchmarks.alert_latency
 	.venv/bin/python -m benchmarks.alerts
 	.venv/bin/python -m benchmarks.simulator

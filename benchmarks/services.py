@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.localkafka import LocalKafka, stop_pid
 
-__all__ = ["child", "kafka_cluster"]
+__all__ = ["child", "kafka_cluster", "wait_for_port"]
 
 STOP_S = 60  # a drained bridge or alert service exits well within this after SIGTERM
 
@@ -46,3 +48,18 @@ def child(argv: list[str], log: Path, cwd: Path | None = None) -> Iterator[subpr
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def wait_for_port(
+    port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, host: str = "127.0.0.1"
+) -> None:
+    """Wait until something accepts connections on `port` (and `proc`, if given, still runs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), 1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+                raise
+            time.sleep(0.1)

@@ -7,13 +7,16 @@ each PUBLISH on a connector's topics away from amqtt's delivery path, hands it t
 connector's `BrokerIntake` (a `bridge.source.Source`), and sends the PUBACK only when the
 connector acknowledges the reading: once Kafka has it (acks=all) or the spool has it fsync'd.
 
-How, and what it costs: amqtt has no hook between reading a PUBLISH and acknowledging it, so
-the broker replaces one method, `handle_publish`, on each connection's protocol handler
-(amqtt 0.12's internals, hence the upper version bound in pyproject.toml). Everything else is
-amqtt's own: CONNECT and authentication, subscriptions, retained messages, last wills,
-publishes on other topics and QoS 2. A reading on a connector's topic is still delivered to
-MQTT subscribers of that topic (after the connector took it). The topic ACL is checked here,
-synchronously, so readings of one connection reach the connector in the order they arrived.
+How (gateway.broker says more): the broker's reader takes a PUBLISH on a connector's topic
+(after the topic ACL check) synchronously, on the event loop, so readings of one connection
+reach the connector in the order they arrived. What one turn of the event loop took, from
+every connection, crosses to the connector's thread as one batch (one queue hand-over); the
+connector's acknowledgements come back once per round of Kafka delivery reports (or per spool
+group commit) with one `call_soon_threadsafe`, and each connection gets its PUBACKs of that
+round in one write, in the order the connector acknowledged them. A PUBACK whose connection has
+gone is dropped: the device sends the reading again. While the connector takes nothing
+(paused, stopping) or has WAITING_MAX readings not yet safe, the broker's readers wait in
+`ready()`: the readings stay with the broker or the devices, unacknowledged.
 """
 
 from __future__ import annotations
@@ -28,14 +31,20 @@ from typing import Any, Protocol
 
 from bridge.source import Ack, OnMessages, Publication, Received
 
-__all__ = ["BrokerIntake", "topic_matches"]
+__all__ = ["AckTarget", "BrokerIntake", "topic_matches"]
 
 log = logging.getLogger(__name__)
 
-# Readings handed to a connector at once: as the MQTT source does, one lock round and one
-# metrics update per batch instead of per reading.
+# Readings handed to a connector at once (at least; what one turn of the event loop took goes
+# whole): as the MQTT source does, one lock round and one metrics update per batch instead of
+# per reading.
 _BATCH = 256
 _STOP = None
+# QoS 1 readings taken and not yet safe, per connector, beyond which the broker's readers pause
+# before their next read (TCP backpressure: the devices keep the rest) until half are safe.
+# Reached only when Kafka and the spool both hold readings back (a full spool); a device fleet
+# in normal operation has far fewer in flight (one each on umqtt).
+WAITING_MAX = 20_000
 
 
 class _Broker(Protocol):
@@ -56,6 +65,13 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(levels) == len(topic_filter.split("/"))
 
 
+class AckTarget(Protocol):
+    """Where the PUBACKs of one connection go (event loop only)."""
+
+    def puback(self, packet_ids: list[int]) -> None:
+        """Acknowledge these QoS 1 PUBLISHes, in this order (nothing if the connection is gone)."""
+
+
 class BrokerIntake:
     """One connector's side of the embedded broker: readings on `topics`, acknowledged when
     the connector says so. Thread-safe where the connector calls it."""
@@ -66,8 +82,11 @@ class BrokerIntake:
         self._broker: _Broker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_messages: OnMessages | None = None
-        self._queue: queue.SimpleQueue[Received | None] = queue.SimpleQueue()
-        self._waiting: dict[int, asyncio.Future[None]] = {}  # event loop only
+        self._queue: queue.SimpleQueue[list[Received] | None] = queue.SimpleQueue()
+        self._batch: list[Received] = []  # taken in this turn of the event loop
+        self._waiting: dict[int, tuple[AckTarget, int]] = {}  # event loop only
+        self._full = False  # WAITING_MAX reached, not yet back to half (event loop only)
+        self._gate = asyncio.Event()  # wakes the readers waiting in `ready()`
         self._ids = itertools.count(1)
         self._acked: list[int] = []
         self._acked_lock = threading.Lock()
@@ -88,41 +107,73 @@ class BrokerIntake:
 
     @property
     def taking(self) -> bool:
-        """False once the connector stopped taking readings: nothing more is acknowledged."""
+        """False while the connector takes no readings (paused or stopped)."""
         return self._taking
 
-    def take(self, topic: str, payload: bytes, qos: int) -> int:
-        """Hand a reading over; for QoS 1, `safe(id)` is done once it is in Kafka or the
-        spool."""
+    def take(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        target: AckTarget | None = None,
+        packet_id: int = 0,
+    ) -> None:
+        """Hand a reading over (event loop only; readings reach the connector in the order
+        taken). A QoS 1 reading is acknowledged through `target.puback([packet_id])` once it
+        is in Kafka or the spool; without a target it is never acknowledged."""
         mid = 0
-        if qos:
+        if qos and target is not None:
             mid = next(self._ids)
+            self._waiting[mid] = (target, packet_id)
+            if len(self._waiting) >= WAITING_MAX:
+                self._full = True
+        if not self._batch:
+            # One queue hand-over per turn of the event loop, for every connection's readings.
             assert self._loop is not None
-            self._waiting[mid] = self._loop.create_future()
-        self._queue.put((topic, payload, qos, mid))
-        return mid
+            self._loop.call_soon(self._hand_batch)
+        self._batch.append((topic, payload, qos, mid))
 
-    def safe(self, mid: int) -> asyncio.Future[None]:
-        """Done once the reading `take` returned `mid` for is safe."""
-        return self._waiting[mid]
+    @property
+    def full(self) -> bool:
+        """WAITING_MAX readings wait to be safe: the broker's readers pause (`ready()`)."""
+        return self._full
 
-    def forget(self, mid: int) -> None:
-        """The device went away before its reading was safe: it sends it again."""
-        self._waiting.pop(mid, None)
+    async def ready(self) -> None:
+        """Until the connector takes readings (it may be paused) and fewer than half of
+        WAITING_MAX wait to be safe."""
+        while not self._taking or self._full:
+            self._gate.clear()
+            await self._gate.wait()
 
     def abandon(self) -> None:
         """Before the broker closes: readings not yet safe will never be acknowledged here
-        (their devices send them again), so their waits end now."""
-        waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
-            future.cancel()
+        (their devices send them again)."""
+        self._waiting = {}
+        self._full = False
+        self._gate.set()
+
+    def _hand_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        self._queue.put(batch)
 
     def _release(self, mids: list[int]) -> None:
+        """PUBACK what the connector acknowledged: one write per connection."""
         waiting = self._waiting
+        by_target: dict[AckTarget, list[int]] = {}
         for mid in mids:
-            future = waiting.pop(mid, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            entry = waiting.pop(mid, None)
+            if entry is not None:
+                target, packet_id = entry
+                ids = by_target.get(target)
+                if ids is None:
+                    by_target[target] = [packet_id]
+                else:
+                    ids.append(packet_id)
+        for target, ids in by_target.items():
+            target.puback(ids)
+        if self._full and len(waiting) <= WAITING_MAX // 2:
+            self._full = False
+            self._gate.set()
 
     # -- the connector's side (bridge.source.Source) ---------------------------------------
 
@@ -136,10 +187,12 @@ class BrokerIntake:
             target=self._hand_over, name=f"intake-{self.name}", daemon=True
         )
         self._thread.start()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._gate.set)  # readers holding readings go on
 
     def stop_intake(self) -> None:
-        """Acknowledge no new readings (devices keep them and send them again); hand over
-        those already taken."""
+        """Take no new readings (the broker holds them unacknowledged until `start()`, or the
+        devices send them again after a stop); hand over those already taken."""
         if not self._taking:
             return
         self._taking = False
@@ -195,23 +248,22 @@ class BrokerIntake:
         return self._failure
 
     def _hand_over(self) -> None:
-        get, on_messages = self._queue.get, self._on_messages
+        get, get_nowait, on_messages = self._queue.get, self._queue.get_nowait, self._on_messages
         assert on_messages is not None
         try:
             while True:
-                item = get()
-                if item is _STOP:
+                batch = get()
+                if batch is _STOP:
                     return
-                batch = [item]
                 while len(batch) < _BATCH:
                     try:
-                        item = self._queue.get_nowait()
+                        more = get_nowait()
                     except queue.Empty:
                         break
-                    if item is _STOP:
+                    if more is _STOP:
                         on_messages(batch, 0)
                         return
-                    batch.append(item)
+                    batch += more
                 on_messages(batch, 0)
         except Exception as exc:
             self._failure = f"the intake of {self.name} failed: {exc!r}"
