@@ -69,7 +69,6 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
     MQTTFixedHeader,
 )
-from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -80,7 +79,6 @@ __all__ = [
     "BrokerSettings",
     "BrokerTls",
     "DurableBroker",
-    "OpenAuthPlugin",
     "broker_config",
     "publish_check",
     "serve",
@@ -155,15 +153,6 @@ class BrokerSettings(BaseModel):
         return self
 
 
-class OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
-    """Admit everyone (no registry: development), without amqtt's "anonymous" mark, under
-    which it keeps no messages for a persistent session while its client is away."""
-
-    async def authenticate(self, *, session: Session) -> bool:
-        """Always True."""
-        return True
-
-
 def broker_config(settings: BrokerSettings) -> dict[str, Any]:
     """amqtt's configuration: listeners, and the registry's password and topic checks."""
     # amqtt requires a listener named "default" and binds it to 0.0.0.0:1883 unless told
@@ -180,7 +169,7 @@ def broker_config(settings: BrokerSettings) -> dict[str, Any]:
         }
     plugins: dict[str, Any]
     if settings.registry is None:
-        plugins = {"gateway.broker.OpenAuthPlugin": {}}
+        plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
     else:
         registry = {"registry": str(settings.registry)}
         plugins = {
@@ -470,6 +459,13 @@ async def serve(settings: BrokerSettings) -> None:
     broker = DurableBroker(settings, (), publish_check(settings))
     await broker.start()
     log.info("embedded MQTT broker listening on %s:%d", settings.host, settings.port)
+    log.warning(
+        "this broker acknowledges a PUBLISH on receipt and keeps messages in memory only%s: for "
+        "development; for the delivery guarantee run `trackside gateway run` (broker and "
+        "connectors in one process) or Mosquitto",
+        "" if settings.registry else ", and without a registry it keeps nothing for a client "
+        "that is away",
+    )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
