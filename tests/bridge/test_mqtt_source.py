@@ -160,3 +160,24 @@ def test_a_malformed_packet_makes_it_reconnect_not_crash(
     conn, _ = broker.server.accept()  # the reader survived and connects again
     conn.close()
     assert not client.connected.is_set()
+
+
+def test_pings_go_out_while_the_reader_is_held_by_backpressure() -> None:
+    broker = ScriptedBroker(v5=False)
+    release = threading.Event()
+    config = MqttSource(port=broker.port, protocol="3.1.1", client_id="held", keepalive_s=5)
+    client = MqttSourceClient(config, lambda _batch, _generation: release.wait(20))
+    client.start(timeout=10)
+    conn = broker.wait()
+    try:
+        conn.sendall(publish_packet("t/1", b"x", 1, v5=False))  # the reader blocks on it
+        started = time.monotonic()
+        packet = broker.read_packet()  # within keepalive/2 + 1 s of the last send
+        assert packet[0] == 0xC0, f"expected PINGREQ, got packet type {packet[0] >> 4}"
+        assert time.monotonic() - started < 5
+        conn.sendall(b"\xd0\x00")  # PINGRESP
+        assert client.connected.is_set()
+    finally:
+        release.set()
+        client.stop()
+        broker.server.close()
