@@ -1,19 +1,22 @@
-"""`trackside gateway run|check`: the runtime on the Raspberry Pi, from one YAML file."""
+"""`trackside gateway init|check|run`: the runtime on the Raspberry Pi, from one YAML file."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import typer
 
 from bridge.pipeline import Pipeline
+from gateway import GatewayError
 from gateway.certs import make_certificates
 from gateway.cli.console import console, log_for_service
 from gateway.config import load_gateway_config
 from gateway.mosquitto import mosquitto_may_read
 from gateway.runtime import run_gateway
 from gateway.systemd import unit_text
+from gateway.templates import gateway_yaml
 
 __all__ = ["app"]
 
@@ -23,6 +26,46 @@ app = typer.Typer(
 )
 
 CONFIG = typer.Option(..., "--config", "-c", help="Gateway YAML file (see docs/gateway.md).")
+
+
+@app.command()
+def init(
+    out: Path = typer.Option(Path("gateway.yaml"), "--out", "-o", help="File to write."),
+    bootstrap_servers: str = typer.Option(
+        "127.0.0.1:9092", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers."
+    ),
+    state_dir: Path | None = typer.Option(
+        None,
+        help="Folder for the registry, spools and TLS files, e.g. /var/lib/trackside "
+        "(left out: paths relative to the file).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+) -> None:
+    """Write a starting gateway file, every key commented, with new dashboard and HTTP tokens."""
+    if out.exists() and not force:
+        raise GatewayError(f"{out} exists: keep it, or use --force to replace it")
+    if state_dir is not None:
+        state_dir = state_dir.absolute()
+    partial = out.with_name(f".{out.name}.part")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial.unlink(missing_ok=True)
+        # Mode 600 from the start: the file holds the tokens.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as written:
+            written.write(gateway_yaml(bootstrap_servers, state_dir))
+        partial.replace(out)
+    except OSError as exc:
+        raise GatewayError(
+            f"cannot write {out}: {exc.strerror}; choose another --out or run as a user who "
+            "may write there"
+        ) from exc
+    console.print(f"[green]{out} written[/]; next: `trackside gateway check -c {out}`")
+    console.print(
+        "It holds tokens and is readable by you only; for the service: "
+        f"`sudo chgrp trackside {out}` and `sudo chmod 640 {out}`",
+        soft_wrap=True,
+    )
 
 
 @app.command()

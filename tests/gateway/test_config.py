@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from bridge.config import ConfigError, load_config
+from bridge.pipeline import Pipeline
+from gateway.alerts.config import DEFAULT_RULES
 from gateway.config import load_gateway_config
 from gateway.systemd import unit_text
+from gateway.templates import gateway_yaml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "gateway.yaml"
 
@@ -28,6 +31,42 @@ def test_documented_example_is_valid() -> None:
     assert config.connectors[0].spool.path == EXAMPLE.parent / "spool" / "telemetry"
     assert config.broker.tls is not None
     assert config.broker.tls.cert_file == EXAMPLE.parent / "tls" / "server.pem"
+
+
+def test_init_template_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    text = gateway_yaml("kafka.depot.example:9092")
+    path.write_text(text)
+    config = load_gateway_config(path)
+    for connector in config.connectors:
+        Pipeline(connector)  # what `gateway check` builds
+    assert [c.name for c in config.connectors] == ["telemetry", "device-status"]
+    assert {c.kafka.bootstrap_servers for c in config.connectors} == {"kafka.depot.example:9092"}
+    assert config.broker.enabled
+    assert config.broker.registry == tmp_path / "devices.yaml"
+    assert config.connectors[1].spool.path == tmp_path / "spool" / "device-status"
+    assert config.alerts is not None
+    assert config.alerts.rules_file == DEFAULT_RULES
+    assert config.dashboard is not None
+    assert config.http.token is not None
+    tokens = {config.dashboard.token.get_secret_value(), config.http.token.get_secret_value()}
+    assert len(tokens) == 2
+    assert config.http.token.get_secret_value() not in gateway_yaml()  # new tokens each time
+    keys = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert [line for line in keys if " # " not in line] == []  # every key has its comment
+
+
+def test_init_template_puts_state_under_a_folder(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "gateway.yaml"
+    path.parent.mkdir()
+    state = tmp_path / "var lib" / "trackside"
+    path.write_text(gateway_yaml(state_dir=state))
+    config = load_gateway_config(path)
+    assert config.broker.registry == state / "devices.yaml"
+    assert [c.spool.path for c in config.connectors] == [
+        state / "spool" / "telemetry",
+        state / "spool" / "device-status",
+    ]
 
 
 @pytest.mark.parametrize(
