@@ -193,7 +193,8 @@ class Connector:
             self._state = "stopped"
 
     def pause(self) -> None:
-        """Stop taking readings; the broker keeps them in the persistent session."""
+        """Stop taking readings: an MQTT broker keeps them in the persistent session, the
+        embedded broker holds them unacknowledged."""
         if self._state == "running":
             self.source.stop()
             self._state = "paused"
