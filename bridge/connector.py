@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError
 
 from bridge.commands import CommandRelay
 from bridge.config import ConnectorConfig
@@ -509,9 +509,7 @@ class Connector:
     def _kafka_answers(self) -> bool:
         """While Kafka was reported unreachable and nothing is spooled, ask it for metadata."""
         if not self._kafka_reachable:
-            try:
-                self.sink.producer.list_topics(timeout=1.0)
-            except KafkaException:
+            if not self.sink.answers():
                 return False
             self._kafka_back()
         return True

@@ -191,16 +191,19 @@ class KafkaSink:
         """Queue one record; waits (never drops) while librdkafka's queue is full.
 
         Raises RecordRefusedError when librdkafka refuses the record at once for good
-        (larger than message.max.bytes): put `dead_letter(record, ...)` in its place;
-        SinkError for any other refusal.
+        (larger than message.max.bytes): put `dead_letter(record, ...)` in its place. A
+        transient refusal (e.g. a topic Kafka does not know yet, just after it started) is
+        reported to `on_delivery` as a failed delivery would be; SinkError for any other.
         """
         try:
             self._produce(record, on_delivery)
         except KafkaException as exc:
             err = exc.args[0]
-            if isinstance(err, KafkaError) and classify(err) == "permanent":
+            if not isinstance(err, KafkaError) or classify(err) == "fatal":
+                raise SinkError(f"Kafka refused a record to {record.topic}: {exc}") from exc
+            if classify(err) == "permanent":
                 raise RecordRefusedError(record, err) from exc
-            raise SinkError(f"Kafka refused a record to {record.topic}: {exc}") from exc
+            on_delivery(err, None)
 
     def dead_letter(self, record: KafkaRecord, reason: str) -> KafkaRecord:
         """The dead letter that stands in for `record`, which Kafka refused for good.
@@ -237,6 +240,14 @@ class KafkaSink:
             except BufferError:
                 # The local queue is full: wait for deliveries to free room (backpressure).
                 threading.Event().wait(0.005)
+
+    def answers(self, timeout: float = 1.0) -> bool:
+        """Whether a Kafka broker answers a metadata request within `timeout` seconds."""
+        try:
+            self.producer.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return True
 
     def purge_queued(self) -> None:
         """Fail at once what waits in the local queue, not yet sent (Kafka went away):
