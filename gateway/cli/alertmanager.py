@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import typer
@@ -17,8 +15,9 @@ from gateway.alertmanager import (
     alertmanager_config,
     load_notifications,
 )
+from gateway.cli import background
 from gateway.cli.console import console
-from gateway.localkafka import cache_dir, stop_pid
+from gateway.localkafka import cache_dir
 
 __all__ = ["app"]
 
@@ -35,19 +34,9 @@ _CONFIG = typer.Option(
 )
 
 
-def _state_file() -> Path:
-    return cache_dir() / "run" / "alertmanager.json"
-
-
 def _running() -> tuple[LocalAlertmanager, int] | None:
-    state = _state_file()
-    if not state.exists():
-        return None
-    info = json.loads(state.read_text())
-    try:
-        os.kill(info["pid"], 0)
-    except ProcessLookupError:
-        state.unlink()
+    info = background.running("alertmanager")
+    if info is None:
         return None
     return LocalAlertmanager(Path(info["home"]), info["port"]), int(info["pid"])
 
@@ -76,10 +65,8 @@ def up(
     )
     with console.status(f"Starting Alertmanager on {manager.url}..."):
         proc = manager.start(timeout=timeout, detach=True)
-    _state_file().write_text(
-        json.dumps(
-            {"pid": proc.pid, "port": port, "home": str(manager.home), "config": str(notifications)}
-        )
+    background.remember(
+        "alertmanager", proc.pid, port=port, home=str(manager.home), config=str(notifications)
     )
     console.print(
         f"[green]Alertmanager is up[/] on {manager.url} (pid {proc.pid}, log {manager.log_file}); "
@@ -96,8 +83,7 @@ def down() -> None:
         return
     manager, pid = running
     with console.status("Stopping Alertmanager..."):
-        stop_pid(pid)
-    _state_file().unlink(missing_ok=True)
+        background.forget("alertmanager", pid)
     console.print(f"Alertmanager on {manager.url} stopped")
 
 

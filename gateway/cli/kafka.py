@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import typer
 
+from gateway.cli import background
 from gateway.cli.console import console
 from gateway.localkafka import (
     KAFKA_VERSION,
@@ -15,7 +15,6 @@ from gateway.localkafka import (
     LocalKafka,
     cache_dir,
     resolve_jars,
-    stop_pid,
 )
 
 __all__ = ["app"]
@@ -29,19 +28,9 @@ app = typer.Typer(
 )
 
 
-def _state_file() -> Path:
-    return cache_dir() / "run" / "kafka.json"
-
-
 def _running() -> tuple[LocalKafka, int] | None:
-    state = _state_file()
-    if not state.exists():
-        return None
-    info = json.loads(state.read_text())
-    try:
-        os.kill(info["pid"], 0)
-    except ProcessLookupError:
-        state.unlink()
+    info = background.running("kafka")
+    if info is None:
         return None
     broker = LocalKafka(Path(info["home"]), info["port"], info["controller_port"])
     return broker, int(info["pid"])
@@ -74,15 +63,8 @@ def up(
     broker = LocalKafka(cache_dir() / "run" / "kafka", port, controller_port, heap)
     with console.status(f"Starting Kafka {KAFKA_VERSION} on {broker.bootstrap_servers}..."):
         proc = broker.start(timeout=timeout, detach=True)
-    _state_file().write_text(
-        json.dumps(
-            {
-                "pid": proc.pid,
-                "port": port,
-                "controller_port": controller_port,
-                "home": str(broker.home),
-            }
-        )
+    background.remember(
+        "kafka", proc.pid, port=port, controller_port=controller_port, home=str(broker.home)
     )
     console.print(
         f"[green]Kafka {KAFKA_VERSION} is up[/] on {broker.bootstrap_servers} "
@@ -99,8 +81,7 @@ def down() -> None:
         return
     broker, pid = running
     with console.status("Stopping Kafka..."):
-        stop_pid(pid)
-    _state_file().unlink(missing_ok=True)
+        background.forget("kafka", pid)
     console.print(f"Kafka on {broker.bootstrap_servers} stopped")
 
 
