@@ -4,9 +4,9 @@ One YAML file holds every account. A device account may publish only its own tel
 status and replies, and read only its own config and commands (and its train's commands); a
 service account (the bridge, the simulator, operators' tools) reads and writes the whole
 `trackside/` namespace. Passwords are stored as PBKDF2-SHA512 hashes in Mosquitto's `$7$`
-format, so the same registry drives the embedded broker directly and Mosquitto through the
-password and ACL files it generates. Plain passwords are shown once, when created, and never
-logged.
+format (`gateway.credentials`), so the same registry drives the embedded broker directly and
+Mosquitto through the password and ACL files it generates. Plain passwords are shown once,
+when created, and never logged.
 
 Each hash records its iteration count, so hashes made with an older count keep verifying. A
 successful verification is remembered in memory (`Registry.authenticate`), so a device that
@@ -18,10 +18,7 @@ Client ids are bound to accounts too: a device may connect only under its own cl
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import os
 import re
 import secrets
 import threading
@@ -34,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import GatewayError
-from gateway.mosquitto import share_with_mosquitto
+from gateway.credentials import hash_password, verify_password, write_private
 
 __all__ = [
     "DEVICE_CLIENT_IDS",
@@ -42,16 +39,9 @@ __all__ = [
     "Registry",
     "RegistryError",
     "TopicRule",
-    "hash_password",
     "topic_matches",
-    "verify_password",
 ]
 
-# OWASP's Password Storage Cheat Sheet (since 2023): PBKDF2-HMAC-SHA512 210,000 iterations
-# (600,000 is its figure for SHA-256, whose rounds are cheaper; the `$7$` format is SHA-512).
-# Hashes made before with 1,000 still verify: each records its own count. Measured: 172 ms a
-# derivation on the 2-core build machine, about 0.5 s estimated on a Raspberry Pi 4.
-ITERATIONS = 210_000
 VERIFIED_MAX = 16_384  # remembered verifications; beyond, the oldest is forgotten
 TRAIN_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 # The client ids a device account may connect with: the firmware's (firmware/app.py) and the
@@ -61,27 +51,6 @@ DEVICE_CLIENT_IDS = ("trackside-{device_id}", "sim-dev-{device_id}")
 
 class RegistryError(GatewayError):
     """The registry file is unreadable or a request does not fit it."""
-
-
-def hash_password(password: str, iterations: int = ITERATIONS) -> str:
-    """A Mosquitto-compatible `$7$` PBKDF2-SHA512 hash with a random salt."""
-    salt = os.urandom(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """True if `password` matches a `$7$` hash, compared in constant time."""
-    try:
-        _, kind, iterations, salt, digest = stored.split("$")
-        if kind != "7":
-            return False
-        computed = hashlib.pbkdf2_hmac(
-            "sha512", password.encode(), base64.b64decode(salt), int(iterations)
-        )
-        return hmac.compare_digest(computed, base64.b64decode(digest))
-    except ValueError:
-        return False
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -274,13 +243,13 @@ class Registry:
         `mosquitto`, can read them; otherwise mode 600. Returns True if they are shared so.
         """
         live = [a for a in self.accounts.values() if not a.revoked]
-        shared = _write_private(
+        shared = write_private(
             password_file,
             "".join(f"{a.username}:{a.password_hash}\n" for a in live),
             for_mosquitto=True,
         )
         return (
-            _write_private(acl_file, "".join(_acl_block(a) for a in live), for_mosquitto=True)
+            write_private(acl_file, "".join(_acl_block(a) for a in live), for_mosquitto=True)
             and shared
         )
 
@@ -301,30 +270,10 @@ class Registry:
 
     def _save(self) -> None:
         data = {"accounts": [a.model_dump(exclude_defaults=True) for a in self.accounts.values()]}
-        _write_private(self.path, yaml.safe_dump(data, sort_keys=False))
+        write_private(self.path, yaml.safe_dump(data, sort_keys=False))
         self.mtime_ns = self.path.stat().st_mtime_ns
 
 
 def _acl_block(account: Account) -> str:
     lines: Iterable[str] = (f"topic {rule.access} {rule.topic}" for rule in account.rules())
     return f"user {account.username}\n" + "\n".join(lines) + "\n\n"
-
-
-def _write_private(path: Path, text: str, for_mosquitto: bool = False) -> bool:
-    """Write atomically, readable by the owner only (the files hold password hashes), or also
-    by the `mosquitto` group (`for_mosquitto`, when possible: then True is returned).
-
-    The mode and group are set before the rename, so a reloading Mosquitto never sees the new
-    file unreadable.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a leftover could carry another owner's group and mode
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    shared = for_mosquitto and share_with_mosquitto(fd)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
-    return shared

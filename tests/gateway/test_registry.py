@@ -14,14 +14,8 @@ import pytest
 
 from gateway import registry as registry_module
 from gateway.certs import make_certificates
-from gateway.registry import (
-    ITERATIONS,
-    Registry,
-    RegistryError,
-    hash_password,
-    topic_matches,
-    verify_password,
-)
+from gateway.credentials import ITERATIONS, hash_password, verify_password
+from gateway.registry import Registry, RegistryError, topic_matches
 
 
 def test_mosquitto_passwd_hashes_verify(tmp_path: Path) -> None:
