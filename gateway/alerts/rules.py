@@ -212,7 +212,20 @@ def load_model(path: Path, model: type[_M], what: str) -> _M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{_where(raw, err['loc'])}: {err['msg']}" for err in exc.errors())
+        errors = exc.errors()
+        # An item that fails leaves its tuple short, and pydantic reports that too at every
+        # level above it ("Tuple should have at least 1 item"): only the item's error is real.
+        real = [
+            err
+            for err in errors
+            if err["type"] != "too_short"
+            or not any(
+                len(other["loc"]) > len(err["loc"])
+                and other["loc"][: len(err["loc"])] == err["loc"]
+                for other in errors
+            )
+        ]
+        problems = "; ".join(f"{_where(raw, err['loc'])}: {err['msg']}" for err in real)
         raise RuleError(f"{path}: {problems}") from exc
 
 

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 import typer
+from typer.core import TyperArgument, TyperOption
 
 from bridge import BridgeError
 from gateway import GatewayError
@@ -38,6 +39,28 @@ COMMANDS = {
     "alertmanager": "alertmanager",
     "hardware": "hardware",
 }
+
+
+# typer's value types as the help names them, in the words click used before typer 0.29.
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH"}
+
+
+def _value_in_words(self: TyperOption | TyperArgument, ctx: typer.Context) -> str | None:
+    """What an option takes, as the help shows it: nothing for a flag (typer 0.29's rich help
+    shows `<bool>` even for flags, which take no value), the option's metavar where it has one
+    (`TRAIN:SCENARIO@SECONDS`), else the type in words (`INTEGER`, not `<int>`; a repeatable
+    option's element type, not `<list[str]>`)."""
+    if isinstance(self, TyperOption) and (self.is_flag or self.count):
+        return None
+    if self.metavar is not None:
+        return self.metavar
+    label = self.display_type(ctx).strip("<>").removeprefix("list[").removesuffix("]")
+    return _TYPE_WORDS.get(label, label.upper())
+
+
+# One place for every command's help, instead of a metavar on each flag.
+TyperOption.display_type_rich = _value_in_words  # type: ignore[method-assign,assignment]
+TyperArgument.display_type_rich = _value_in_words  # type: ignore[method-assign,assignment]
 
 
 def build_app(only: str | None = None) -> typer.Typer:

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from gateway.alerts.config import ServiceConfig, load_service_config
+from gateway.alerts.config import KafkaSettings, ServiceConfig, load_service_config
 from gateway.alerts.rules import StaleRule, load_rules
 from gateway.alerts.service import AlertService
 from gateway.cli.console import console, log_for_service
@@ -33,17 +33,37 @@ def check(rules: Path = typer.Argument(..., help="Rule file (YAML).")) -> None:
         console.print(f"  {rule.name:<24} {rule.kind:<9} {rule.severity:<8} {level}")
 
 
+# An option left out takes the service file's value, or else the default shown.
+_DEFAULTS = KafkaSettings()
+
+
 @app.command()
 def run(
-    config: Path | None = typer.Option(None, "--config", "-c", help="Service file (YAML)."),
-    rules: Path | None = typer.Option(None, help="Rule file; default: the built-in rules."),
-    bootstrap_servers: str | None = typer.Option(None, help="Kafka bootstrap servers."),
-    topic_prefix: str | None = typer.Option(
-        None, help="Use PREFIX.telemetry, PREFIX.alerts, ... instead of trackside.*"
+    config: Path | None = typer.Option(
+        None, "--config", "-c", metavar="FILE", help="Service file (YAML); left out: defaults."
     ),
-    group_id: str | None = typer.Option(None, help="Kafka consumer group."),
+    rules: Path | None = typer.Option(
+        None, metavar="FILE", help="Rule file.", show_default="the built-in rules"
+    ),
+    bootstrap_servers: str | None = typer.Option(
+        None,
+        metavar="HOST:PORT,...",
+        help="Kafka bootstrap servers.",
+        show_default=_DEFAULTS.bootstrap_servers,
+    ),
+    topic_prefix: str | None = typer.Option(
+        None,
+        metavar="PREFIX",
+        help="Use PREFIX.telemetry, PREFIX.alerts, ... instead of trackside.*",
+        show_default="trackside",
+    ),
+    group_id: str | None = typer.Option(
+        None, help="Kafka consumer group.", show_default=_DEFAULTS.group_id
+    ),
     transactional_id: str | None = typer.Option(
-        None, help="Kafka transactional id; stable per instance."
+        None,
+        help="Kafka transactional id; stable per instance.",
+        show_default=_DEFAULTS.transactional_id,
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the service does."),
 ) -> None:

@@ -64,10 +64,14 @@ def boards(
 
 
 def flash(
-    firmware: Path = typer.Option(..., help="MicroPython image: .bin for ESP32, .uf2 for Pico W."),
+    firmware: Path = typer.Option(
+        ..., metavar="IMAGE", help="MicroPython image: .bin for ESP32, .uf2 for Pico W."
+    ),
     board: str = typer.Option("esp32-devkitc", help="esp32-devkitc or pico-w."),
-    port: str = typer.Option("", help="Serial port of an ESP32 board."),
-    drive: Path | None = typer.Option(None, help="Pico W boot drive (found when omitted)."),
+    port: str = typer.Option("", metavar="PORT", help="Serial port of an ESP32 board."),
+    drive: Path | None = typer.Option(
+        None, metavar="FOLDER", help="Pico W boot drive (found when omitted)."
+    ),
     baud: int = typer.Option(460800, help="Baud rate for writing an ESP32's flash."),
     erase: bool = typer.Option(True, help="Erase an ESP32's whole flash first."),
 ) -> None:
@@ -96,29 +100,40 @@ def _only_uf2_drive() -> Path:
 
 
 def deploy_app(
-    port: str = typer.Option(..., help="Serial port of the board (see `trackside boards`)."),
-    device_id: int = typer.Option(..., help="The device's 32-bit id."),
-    train: str = typer.Option(..., help="Train id, e.g. T101."),
-    broker_host: str = typer.Option(..., help="MQTT broker the device publishes to."),
-    broker_port: int | None = typer.Option(
-        None, help="MQTT broker port [default: 8883 with --tls, else 1883]."
+    port: str = typer.Option(
+        ..., metavar="PORT", help="Serial port of the board (see `trackside boards`)."
     ),
-    user: str = typer.Option("", help="MQTT user name of this device."),
+    device_id: int = typer.Option(..., metavar="ID", help="The device's 32-bit id."),
+    train: str = typer.Option(..., metavar="TRAIN", help="Train id, 1-32 characters, e.g. T101."),
+    broker_host: str = typer.Option(
+        ..., metavar="HOST", help="MQTT broker the device publishes to."
+    ),
+    broker_port: int | None = typer.Option(
+        None,
+        metavar="PORT",
+        help="MQTT broker port.",
+        show_default="8883 with --tls, else 1883",
+    ),
+    user: str = typer.Option(
+        "", metavar="NAME", help="MQTT user of this device: device-<id> in the gateway's registry."
+    ),
     password_file: Path | None = typer.Option(
-        None, help=f"File holding the MQTT password (else ${MQTT_PASSWORD_ENV})."
+        None, metavar="FILE", help=f"File holding the MQTT password (else ${MQTT_PASSWORD_ENV})."
     ),
     tls: bool = typer.Option(
         False, help="Connect over TLS, checking the broker against --ca-file."
     ),
     ca_file: Path | None = typer.Option(
-        None, help="The gateway's CA (ca.pem of `trackside gateway certs`), copied to the board."
+        None,
+        metavar="FILE",
+        help="The gateway's CA (ca.pem of `trackside gateway certs`), copied to the board.",
     ),
     wifi_ssid: str = typer.Option("", help="Wi-Fi network of a hardware board."),
     wifi_password_file: Path | None = typer.Option(
-        None, help=f"File holding the Wi-Fi password (else ${WIFI_PASSWORD_ENV})."
+        None, metavar="FILE", help=f"File holding the Wi-Fi password (else ${WIFI_PASSWORD_ENV})."
     ),
     board: str = typer.Option("esp32-devkitc", help="esp32-devkitc, pico-w or unix."),
-    sample_ms: int = typer.Option(1000, help="Milliseconds between readings."),
+    sample_ms: int = typer.Option(1000, metavar="MS", help="Milliseconds between readings."),
     compile_: bool = typer.Option(True, "--compile/--no-compile", help="Compile with mpy-cross."),
 ) -> None:
     """Copy the app and a per-device trackside.json to a board, verify, and reset it."""
@@ -177,7 +192,7 @@ def _secret(path: Path | None, env: str) -> str:
 
 
 def console_command(
-    port: str = typer.Option(..., help="Serial port of the board."),
+    port: str = typer.Option(..., metavar="PORT", help="Serial port of the board."),
     baud: int = typer.Option(115200, help="Baud rate."),
 ) -> None:
     """A serial terminal to the board's REPL; Ctrl-] leaves."""
@@ -186,7 +201,9 @@ def console_command(
 
 
 def virtual_board(
-    root: Path = typer.Option(Path("virtual-board"), help="Folder holding the board's files."),
+    root: Path = typer.Option(
+        Path("virtual-board"), metavar="FOLDER", help="Folder holding the board's files."
+    ),
 ) -> None:
     """Run a virtual board (the MicroPython unix port on a pseudo-terminal) until Ctrl-C."""
     board = VirtualBoard(root)

@@ -25,7 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-CONFIG = typer.Option(..., "--config", "-c", help="Gateway YAML file (see docs/gateway.md).")
+CONFIG = typer.Option(
+    ..., "--config", "-c", metavar="FILE", help="Gateway YAML file (see docs/gateway.md)."
+)
 
 
 @app.command()
@@ -79,7 +81,9 @@ def check(config: Path = CONFIG) -> None:
 
 @app.command()
 def run(config: Path = CONFIG) -> None:
-    """Run broker, connectors and HTTP control until SIGTERM or Ctrl-C, then drain and exit."""
+    """Run what the file configures until SIGTERM or Ctrl-C, then drain and exit: the MQTT
+    broker, the bridge connectors, the alert service (`alerts:`), the dashboard (`dashboard:`)
+    and HTTP control (health, status, pause/resume, Prometheus metrics)."""
     log_for_service()
     loaded = load_gateway_config(config)
     asyncio.run(run_gateway(loaded, lambda line: console.print(f"[green]ready[/] {line}")))

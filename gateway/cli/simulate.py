@@ -28,7 +28,8 @@ from gateway.simulate.scenarios import SCENARIOS
 __all__ = ["register"]
 
 FAULT_HELP = (
-    "TRAIN:SCENARIO@SECONDS, repeatable; TRAIN * or left out: every train. "
+    "A fault scenario starting SECONDS after the start, repeatable; TRAIN * or left out: "
+    "every train. "
     f"Scenarios: {', '.join(SCENARIOS)}."
 )
 
@@ -76,16 +77,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def simulate(
-        broker_host: str = typer.Option("127.0.0.1", help="MQTT broker host."),
-        broker_port: int = typer.Option(1883, help="MQTT broker port."),
+        broker_host: str = typer.Option("127.0.0.1", metavar="HOST", help="MQTT broker host."),
+        broker_port: int = typer.Option(1883, metavar="PORT", help="MQTT broker port."),
         trains: int = typer.Option(20, help="Number of trains: T101, T102, ..."),
         devices_per_train: int = typer.Option(1, help="Sensor devices on each train (1-99)."),
         rate_hz: float = typer.Option(1.0, help="Readings per second of each device."),
-        fault: list[str] = typer.Option(
-            [],
-            help=FAULT_HELP,
+        fault: list[str] = typer.Option([], metavar="TRAIN:SCENARIO@SECONDS", help=FAULT_HELP),
+        duration: float | None = typer.Option(
+            None, metavar="SECONDS", help="Seconds to run (default: until Ctrl-C)."
         ),
-        duration: float | None = typer.Option(None, help="Seconds to run (default: until Ctrl-C)."),
         firmware: bool = typer.Option(
             False, "--firmware", help="Run the real firmware on the unix port, one process each."
         ),
@@ -97,14 +97,18 @@ def register(app: typer.Typer) -> None:
             False, "--per-device-connections", help="One connection and last will per device."
         ),
         credentials: Path | None = typer.Option(
-            None, help='JSON {"<device id>": "<password>"}: connect as device-<id> each.'
+            None,
+            metavar="FILE",
+            help='JSON {"<device id>": "<password>"}: connect as device-<id> each.'
         ),
         user: str | None = typer.Option(None, help="Broker user for shared connections."),
         password: str | None = typer.Option(
             None, envvar="TRACKSIDE_SIMULATE_PASSWORD", help="Broker password for --user."
         ),
         workdir: Path | None = typer.Option(
-            None, help="Board folders for --firmware (default: a new temporary folder)."
+            None,
+            metavar="FOLDER",
+            help="Board folders for --firmware (default: a new temporary folder).",
         ),
     ) -> None:
         """Simulated trains publishing sensor readings, with fault scenarios; Ctrl-C stops."""

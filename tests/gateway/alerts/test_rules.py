@@ -91,6 +91,15 @@ def test_a_bad_rule_file_names_the_file_and_the_key(
     assert message in str(caught.value)
 
 
+def test_one_bad_channel_is_one_error_not_its_empty_tuples_too(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules: [{name: hot, kind: threshold, channels: [bearing_lft], above: 1}]")
+    with pytest.raises(RuleError) as caught:
+        load_rules(path)
+    assert "unknown channel 'bearing_lft'" in str(caught.value)
+    assert "Tuple should have at least 1 item" not in str(caught.value)
+
+
 def test_a_missing_rule_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(RuleError, match="cannot read the rule file"):
         load_rules(tmp_path / "nope.yaml")
