@@ -9,7 +9,9 @@ import secrets
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
+from gateway.alerts.config import DEFAULT_RULES
 from gateway.cli.console import console
 from gateway.dashboard import DashboardError
 from gateway.dashboard.config import DashboardConfig
@@ -59,23 +61,37 @@ def register(app: typer.Typer) -> None:
         maintenance_topic: str = typer.Option(DEFAULTS.maintenance),
         operator_actions_topic: str = typer.Option(DEFAULTS.operator_actions),
         history: int = typer.Option(120, help="Values kept per channel and train."),
+        rules_file: Path = typer.Option(
+            DEFAULT_RULES, help="The alert service's rule file: its levels are drawn on charts."
+        ),
+        alertmanager_url: str | None = typer.Option(
+            None, help="Alertmanager (http://host:9094) for maintenance windows; none: hidden."
+        ),
     ) -> None:
         """Serve the fleet, live values, alerts and maintenance flags; Ctrl-C stops it."""
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        config = DashboardConfig(
-            bootstrap_servers=bootstrap_servers,
-            token=_token(token_file),
-            host=host,
-            port=port,
-            history=history,
-            topics=Topics(
-                telemetry=telemetry_topic,
-                device_status=device_status_topic,
-                alerts=alerts_topic,
-                maintenance=maintenance_topic,
-                operator_actions=operator_actions_topic,
-            ),
-        )
+        try:
+            config = DashboardConfig(
+                bootstrap_servers=bootstrap_servers,
+                token=_token(token_file),
+                host=host,
+                port=port,
+                history=history,
+                rules_file=rules_file,
+                alertmanager_url=alertmanager_url,
+                topics=Topics(
+                    telemetry=telemetry_topic,
+                    device_status=device_status_topic,
+                    alerts=alerts_topic,
+                    maintenance=maintenance_topic,
+                    operator_actions=operator_actions_topic,
+                ),
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise DashboardError(f"invalid dashboard option: {problems}") from exc
 
         def ready(url: str) -> None:
             console.print(f"[green]dashboard at[/] {url}", highlight=False)

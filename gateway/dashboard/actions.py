@@ -20,7 +20,14 @@ from gateway.dashboard import DashboardError
 from gateway.dashboard.clients import kafka_client
 from gateway.dashboard.config import DashboardConfig
 
-__all__ = ["ActionError", "ActionProducer", "ack_action", "clear_action"]
+__all__ = [
+    "ActionError",
+    "ActionProducer",
+    "ack_action",
+    "clear_action",
+    "window_action",
+    "window_end_action",
+]
 
 
 class ActionError(DashboardError):
@@ -35,6 +42,33 @@ def ack_action(key: str, by: str) -> dict[str, Any]:
 def clear_action(train_id: str, by: str) -> dict[str, Any]:
     """The `clear` action for one train's maintenance flag."""
     return {"action": "clear", "train_id": train_id, "by": by, "at_ms": int(time.time() * 1000)}
+
+
+def window_action(
+    train_id: str, by: str, silence_id: str, until_ms: int, comment: str
+) -> dict[str, Any]:
+    """The record of a maintenance window set (an Alertmanager silence of the train's alerts);
+    the alert service only logs it: the silence itself lives in Alertmanager."""
+    return {
+        "action": "maintenance_window",
+        "train_id": train_id,
+        "by": by,
+        "at_ms": int(time.time() * 1000),
+        "silence_id": silence_id,
+        "until_ms": until_ms,
+        "comment": comment,
+    }
+
+
+def window_end_action(train_id: str, by: str, silence_id: str) -> dict[str, Any]:
+    """The record of a maintenance window removed (its silence expired)."""
+    return {
+        "action": "maintenance_window_end",
+        "train_id": train_id,
+        "by": by,
+        "at_ms": int(time.time() * 1000),
+        "silence_id": silence_id,
+    }
 
 
 class ActionProducer:

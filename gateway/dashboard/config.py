@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+
+from gateway.alerts.config import DEFAULT_RULES
 from gateway.topics import Topics
 
 __all__ = ["DashboardConfig"]
@@ -25,3 +28,7 @@ class DashboardConfig(BaseModel):
     telemetry_backlog: int = Field(5000, ge=0)
     # librdkafka settings passed through untouched to the consumer and the producer.
     kafka_settings: dict[str, str] = Field(default_factory=dict)
+    # The alert service's rule file: its levels are drawn on the charts (`GET /api/rules`).
+    rules_file: Path = DEFAULT_RULES
+    # Alertmanager, for maintenance windows (silences); None hides them.
+    alertmanager_url: HttpUrl | None = None

@@ -16,7 +16,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ACTIVE_STATES", "ALERT_HISTORY", "Changes", "Fleet", "RecordKind"]
+from gateway.dashboard.levels import RuleBook
+
+__all__ = ["ACTIVE_STATES", "ALERT_HISTORY", "Changes", "Fleet", "RecordKind", "alert_order"]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,9 @@ class Changes:
 class Fleet:
     """Trains, their devices, recent values, maintenance flags and alerts."""
 
-    def __init__(self, history: int = 120) -> None:
+    def __init__(self, history: int = 120, rules: RuleBook | None = None) -> None:
         self.history = history
+        self.rules = rules
         self.accepted = 0
         self.rejected = 0
         self._trains: dict[str, _Train] = {}
@@ -144,6 +147,9 @@ class Fleet:
         if not isinstance(alert_key, str) or not isinstance(event["train_id"], str):
             return False
         train = self._train(event["train_id"])
+        if self.rules is not None:
+            reading = _value_at(train, event["sensor"], event.get("ts_ms"))
+            event = self.rules.complete(event, reading)
         train.alert_history.append(event)
         if event["state"] in ACTIVE_STATES:
             train.active[alert_key] = event
@@ -204,7 +210,7 @@ class Fleet:
             events = [
                 e for e in self._alerts.values() if not active_only or e["state"] in ACTIVE_STATES
             ]
-        return sorted(events, key=lambda e: (-int(e.get("since_ms") or 0), e["key"]))
+        return sorted(events, key=alert_order)
 
     def alert(self, key: str) -> JsonObject | None:
         """The latest event of one alert key."""
@@ -219,6 +225,22 @@ class Fleet:
             self._dirty_trains.clear()
             self._dirty_alerts.clear()
         return Changes(trains, alerts)
+
+
+def alert_order(event: JsonObject) -> tuple[int, int, str]:
+    """Sort key of alerts for the desk: most severe first, then the newest first."""
+    severity = event.get("severity")
+    rank = SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else -1
+    return (-rank, -int(event.get("since_ms") or 0), str(event["key"]))
+
+
+def _value_at(train: _Train, sensor: Any, ts_ms: Any) -> float | None:
+    """The sensor's own reading at `ts_ms`, if it is still among the kept values."""
+    points = train.channels.get(sensor) if isinstance(sensor, str) else None
+    for at_ms, value in reversed(points or ()):
+        if at_ms == ts_ms:
+            return value
+    return None
 
 
 def _train_status(devices: dict[int, str]) -> str:

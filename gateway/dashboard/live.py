@@ -30,10 +30,23 @@ class LiveHub:
         self.fleet = fleet
         self.interval = interval
         self._pages: set[asyncio.Queue[bytes | None]] = set()
+        # Maintenance windows by train, and why they cannot be shown (Alertmanager away).
+        self.windows: dict[str, Any] = {"windows": {}, "error": None}
 
     def snapshot(self) -> bytes:
-        """The whole fleet and its active alerts, sent first and after falling behind."""
-        return sse("snapshot", {"trains": self.fleet.fleet(), "alerts": self.fleet.alerts()})
+        """The whole fleet, its active alerts and maintenance windows, sent first and after
+        falling behind."""
+        return sse(
+            "snapshot",
+            {"trains": self.fleet.fleet(), "alerts": self.fleet.alerts(), **self.windows},
+        )
+
+    def set_windows(self, windows: dict[str, Any], error: str | None) -> None:
+        """Send a `windows` event when the maintenance windows (or their error) changed."""
+        current = {"windows": windows, "error": error}
+        if current != self.windows:
+            self.windows = current
+            self.publish(sse("windows", current))
 
     def subscribe(self) -> asyncio.Queue[bytes | None]:
         """A queue for one page, starting with a snapshot; None in it means: close."""
