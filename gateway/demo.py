@@ -30,6 +30,7 @@ from gateway.localkafka import LocalKafka, cache_dir, free_port, resolve_jars, s
 from gateway.runtime import run_gateway
 from gateway.simulate import BrokerAddress, FastFleet, FaultAssignment
 from gateway.simulate.fleet import fleet_spec
+from gateway.topics import Topics, ensure_topics
 
 __all__ = ["DEMO_FAULTS", "STOP_SIGNALS", "check_free", "demo_config", "run_demo"]
 
@@ -107,6 +108,8 @@ async def _demo(console: Console, home: Path, mqtt_port: int, dashboard_port: in
             proc = await asyncio.to_thread(kafka.start, 120.0, True)
         if stop.is_set():
             return
+        # Before the dashboard subscribes: a topic it finds missing is a warning on screen.
+        await asyncio.to_thread(ensure_topics, kafka.bootstrap_servers, Topics())
         with console.status("Starting the gateway..."):
             ready = asyncio.Event()
 

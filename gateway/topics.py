@@ -1,10 +1,19 @@
-"""The Kafka topic names every part agrees on (docs/architecture.md), in one place."""
+"""The Kafka topic names every part agrees on (docs/architecture.md), in one place, and their
+creation before anything subscribes to them."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Topics"]
+from gateway import GatewayError
+
+__all__ = ["Topics", "create_topics", "ensure_topics"]
 
 
 class Topics(BaseModel):
@@ -29,3 +38,60 @@ class Topics(BaseModel):
                 for name, value in cls().model_dump().items()
             }
         )
+
+
+def create_topics(
+    admin: AdminClient,
+    topics: Topics,
+    existing: Collection[str],
+    partitions: int = 1,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create each topic of `topics` not in `existing` (the alert-state and maintenance topics
+    compacted: only each key's last record matters); the names created."""
+    compacted = {topics.alert_state, topics.maintenance}
+    wanted = [
+        NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config={"cleanup.policy": "compact"} if name in compacted else {},
+        )
+        for name in dict.fromkeys(topics.model_dump().values())
+        if name not in existing
+    ]
+    if not wanted:
+        return []
+    for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise GatewayError(
+                    f"cannot create topic {name!r}: {exc.args[0].str()}; create it by hand "
+                    "or give the service the right to"
+                ) from exc
+    return [topic.topic for topic in wanted]
+
+
+def ensure_topics(
+    bootstrap_servers: str,
+    topics: Topics,
+    settings: Mapping[str, Any] | None = None,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics Kafka does not have yet, so that no consumer subscribes to a topic
+    that is missing (librdkafka warns "Subscribed topic not available" until it appears); the
+    names created. `settings` go to librdkafka untouched (security.protocol, sasl.*)."""
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap_servers, "log_level": 0, **(settings or {})}
+    )
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise GatewayError(
+            f"cannot list the topics of {bootstrap_servers}: {exc.args[0].str()}; check that "
+            "Kafka runs there (`trackside kafka status`)"
+        ) from exc
+    return create_topics(admin, topics, existing, timeout_s=timeout_s)

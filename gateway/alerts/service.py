@@ -35,9 +35,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from bridge.redact import mask
+from gateway import GatewayError
 from gateway.alerts import AlertError
 from gateway.alerts.config import ServiceConfig
 from gateway.alerts.engine import Engine, Reading
@@ -47,6 +47,7 @@ from gateway.alerts.notify import Notifier
 from gateway.alerts.rules import RuleSet
 from gateway.alerts.state import StateStore
 from gateway.supervise import Backoff
+from gateway.topics import create_topics
 
 __all__ = ["AlertService", "Counters"]
 
@@ -290,7 +291,6 @@ class AlertService:
     def _ensure_topics(self, stop: threading.Event) -> None:
         topics = self.config.topics
         kafka = self.config.kafka
-        compacted = {topics.alert_state, topics.maintenance}
         admin = self._client(AdminClient, self._common)
         attempt = 0
         while True:
@@ -309,27 +309,12 @@ class AlertService:
                 raise _StoppedError
             attempt += 1
         self.link.reachable()
-        wanted = [
-            NewTopic(
-                name,
-                num_partitions=kafka.partitions,
-                replication_factor=kafka.replication_factor,
-                config={"cleanup.policy": "compact"} if name in compacted else {},
+        try:
+            create_topics(
+                admin, topics, existing, kafka.partitions, kafka.replication_factor, _TIMEOUT_S
             )
-            for name in dict.fromkeys(topics.model_dump().values())
-            if name not in existing
-        ]
-        if not wanted:
-            return
-        for name, future in admin.create_topics(wanted, request_timeout=_TIMEOUT_S).items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise AlertError(
-                        f"cannot create topic {name!r}: {exc.args[0].str()}; create it by hand "
-                        "or give the service the right to"
-                    ) from exc
+        except GatewayError as exc:
+            raise AlertError(str(exc)) from exc
 
     def _restore(self, stop: threading.Event) -> StateStore:
         """Read the committed records of the state and maintenance topics to their end.

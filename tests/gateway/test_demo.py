@@ -85,6 +85,7 @@ async def fleet(spec, address):
 demo.resolve_jars = lambda: None
 demo.LocalKafka.on_free_ports = staticmethod(lambda home: StandInKafka())
 demo.run_gateway = run_gateway
+demo.ensure_topics = lambda bootstrap_servers, topics: []
 demo.FastFleet = fleet
 ports = free_port(), free_port()
 asyncio.run(demo._demo(Console(file=sys.stdout), Path(sys.argv[1]), *ports))
