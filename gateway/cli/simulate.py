@@ -9,7 +9,9 @@ import tempfile
 from pathlib import Path
 
 import typer
+from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.spinner import Spinner
 from rich.table import Table
 
 from gateway.cli.console import console
@@ -32,6 +34,20 @@ FAULT_HELP = (
     "every train. "
     f"Scenarios: {', '.join(SCENARIOS)}."
 )
+
+
+def _shown(stats: FleetStats, firmware: bool, broker: str) -> RenderableType:
+    """The progress table, under a spinner saying what happens until the first reading."""
+    if stats.published:
+        return _table(stats, firmware)
+    starting = (
+        f"starting {stats.devices:,} firmware processes"
+        if firmware
+        else f"connecting {stats.devices:,} devices"
+    )
+    return Group(
+        Spinner("dots", f"{starting} to the MQTT broker at {broker}..."), _table(stats, firmware)
+    )
 
 
 def _table(stats: FleetStats, firmware: bool) -> Table:
@@ -99,7 +115,7 @@ def register(app: typer.Typer) -> None:
         credentials: Path | None = typer.Option(
             None,
             metavar="FILE",
-            help='JSON {"<device id>": "<password>"}: connect as device-<id> each.'
+            help='JSON {"<device id>": "<password>"}: connect as device-<id> each.',
         ),
         user: str | None = typer.Option(None, help="Broker user for shared connections."),
         password: str | None = typer.Option(
@@ -126,18 +142,18 @@ def register(app: typer.Typer) -> None:
             {"host": broker_host, "port": broker_port, "user": user, "password": password}
         )
         secrets = load_credentials(credentials) if credentials else None
-        with Live(_table(FleetStats(devices=spec.device_count), firmware), console=console) as live:
+        where = f"{broker_host}:{broker_port}"
+        shown = _shown(FleetStats(devices=spec.device_count), firmware, where)
+        with Live(shown, console=console) as live:
 
             def progress(stats: FleetStats) -> None:
-                live.update(_table(stats, firmware))
+                live.update(_shown(stats, firmware, where))
 
             fleet: SimulatedFleet
             folder = None
             if firmware:
                 folder = workdir or Path(tempfile.mkdtemp(prefix="trackside-simulate-"))
-                fleet = FirmwareFleet(
-                    spec, broker, folder, credentials=secrets, progress=progress
-                )
+                fleet = FirmwareFleet(spec, broker, folder, credentials=secrets, progress=progress)
             else:
                 fleet = FastFleet(
                     spec,
