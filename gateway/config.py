@@ -110,10 +110,29 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     alerts = config.alerts
     if alerts is not None and not alerts.rules_file.is_absolute():
         alerts = alerts.model_copy(update={"rules_file": path.parent / alerts.rules_file})
+    dashboard = config.dashboard
+    if dashboard is not None:
+        dashboard = dashboard.model_copy(update=_dashboard_paths(path, dashboard))
     return config.model_copy(
         update={
             "connectors": connectors,
             "broker": broker.model_copy(update=updates),
             "alerts": alerts,
+            "dashboard": dashboard,
         }
     )
+
+
+def _dashboard_paths(path: Path, dashboard: DashboardConfig) -> dict[str, object]:
+    """The dashboard's users file and TLS files, taken from `path`'s folder when relative."""
+    updates: dict[str, object] = {}
+    if dashboard.users_file is not None:
+        updates["users_file"] = path.parent / dashboard.users_file
+    if dashboard.tls is not None:
+        updates["tls"] = dashboard.tls.model_copy(
+            update={
+                "cert_file": path.parent / dashboard.tls.cert_file,
+                "key_file": path.parent / dashboard.tls.key_file,
+            }
+        )
+    return updates

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -27,7 +28,7 @@ from gateway.alerts.rules import load_rules
 from gateway.alerts.service import AlertService
 from gateway.broker import DurableBroker, publish_check
 from gateway.config import GatewayConfig
-from gateway.dashboard.server import create_app
+from gateway.dashboard.server import create_app, tls_context
 from gateway.http_api import make_app
 from gateway.intake import BrokerIntake
 from gateway.supervise import Supervisor
@@ -37,6 +38,7 @@ __all__ = ["run_gateway"]
 log = logging.getLogger(__name__)
 
 BROKER_SHUTDOWN_S = 10
+
 
 def _on_embedded_broker(config: GatewayConfig, connector: ConnectorConfig) -> bool:
     """Whether a connector takes its readings from the embedded broker, in-process: those
@@ -97,9 +99,10 @@ async def run_gateway(
         if config.dashboard is not None:
             dashboard = config.dashboard
             await services.enter_async_context(
-                _site(create_app(dashboard), dashboard.host, dashboard.port)
+                _site(create_app(dashboard), dashboard.host, dashboard.port, tls_context(dashboard))
             )
-            on_ready(f"dashboard on http://{dashboard.host}:{dashboard.port}/")
+            scheme = "https" if dashboard.tls is not None else "http"
+            on_ready(f"dashboard on {scheme}://{dashboard.host}:{dashboard.port}/")
         if config.http.port:
             app = make_app(connectors, config.http, workers)
             await services.enter_async_context(_site(app, config.http.host, config.http.port))
@@ -144,11 +147,13 @@ async def _shutdown_broker(broker: DurableBroker) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _site(app: web.Application, host: str, port: int) -> AsyncIterator[None]:
+async def _site(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[None]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         yield
     finally:
         await runner.cleanup()

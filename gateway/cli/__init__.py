@@ -35,6 +35,7 @@ COMMANDS = {
     "bridge": "bridge",
     "gateway": "gateway",
     "devices": "devices",
+    "users": "users",
     "alerts": "alerts",
     "alertmanager": "alertmanager",
     "hardware": "hardware",

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from gateway.alerts.config import DEFAULT_RULES
 from gateway.cli.console import console
 from gateway.dashboard import DashboardError
-from gateway.dashboard.config import DashboardConfig
+from gateway.dashboard.accounts import Role
+from gateway.dashboard.config import DashboardConfig, DashboardTls
 from gateway.dashboard.server import serve
 from gateway.topics import Topics
 
@@ -27,7 +28,15 @@ TOKEN_FILE = typer.Option(
 )
 
 
-def _token(token_file: Path | None) -> str:
+def _token(token_file: Path | None, accounts: bool) -> str | None:
+    """The single-operator token; None when accounts (a users file, a proxy) say who acts."""
+    if accounts:
+        if token_file is not None or os.environ.get(TOKEN_ENV, "").strip():
+            raise DashboardError(
+                f"--token-file and ${TOKEN_ENV} are the single-operator mode; with accounts "
+                "(--users-file, --trusted-user-header) drop the token"
+            )
+        return None
     if token_file is not None:
         try:
             token = token_file.read_text().strip()
@@ -42,6 +51,14 @@ def _token(token_file: Path | None) -> str:
     token = secrets.token_urlsafe(24)
     console.print(f"No token given: operator actions need this one: [bold]{token}[/]")
     return token
+
+
+def _tls(cert_file: Path | None, key_file: Path | None) -> DashboardTls | None:
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise DashboardError("give both --tls-cert-file and --tls-key-file, or neither")
+    return DashboardTls(cert_file=cert_file, key_file=key_file)
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +78,24 @@ def register(app: typer.Typer) -> None:
         maintenance_topic: str = typer.Option(DEFAULTS.maintenance),
         operator_actions_topic: str = typer.Option(DEFAULTS.operator_actions),
         history: int = typer.Option(120, help="Values kept per channel and train."),
+        users_file: Path | None = typer.Option(
+            None, help="Accounts from `trackside users add` (instead of the token)."
+        ),
+        token_operator: str = typer.Option(
+            "operator", help="Name recorded for actions taken with the token."
+        ),
+        trusted_user_header: str | None = typer.Option(
+            None, help="Header naming the user, set by a single sign-on proxy (docs first)."
+        ),
+        trusted_role_header: str | None = typer.Option(None, help="Header with the role."),
+        trusted_default_role: Role = typer.Option(
+            "viewer", help="Role when the proxy sends no role header."
+        ),
+        trusted_proxy: list[str] = typer.Option(
+            [], help="Address or network (CIDR) of the proxy; repeat for several."
+        ),
+        tls_cert_file: Path | None = typer.Option(None, help="Serve HTTPS: certificate (PEM)."),
+        tls_key_file: Path | None = typer.Option(None, help="Serve HTTPS: its key (PEM)."),
         rules_file: Path = typer.Option(
             DEFAULT_RULES, help="The alert service's rule file: its levels are drawn on charts."
         ),
@@ -73,7 +108,14 @@ def register(app: typer.Typer) -> None:
         try:
             config = DashboardConfig(
                 bootstrap_servers=bootstrap_servers,
-                token=_token(token_file),
+                token=_token(token_file, users_file is not None or trusted_user_header is not None),
+                token_operator=token_operator,
+                users_file=users_file,
+                trusted_user_header=trusted_user_header,
+                trusted_role_header=trusted_role_header,
+                trusted_default_role=trusted_default_role,
+                trusted_proxies=tuple(trusted_proxy),
+                tls=_tls(tls_cert_file, tls_key_file),
                 host=host,
                 port=port,
                 history=history,

@@ -7,9 +7,10 @@ GET  /api/alerts[?all=1]          active alerts (or the latest event of every al
 GET  /api/rules                   the rule file's levels per channel, descriptions, runbooks
 GET  /api/maintenance.json|.csv   flagged trains with their alerts (`?all=1`: cleared ones too)
 GET  /api/events                  Server-Sent Events: `snapshot`, then `changes`
-POST /api/alerts/{key}/ack        produce an `ack` action     (Authorization: Bearer <token>)
-POST /api/trains/{train_id}/clear produce a `clear` action    (same), body {"by": "<name>"}
+POST /api/alerts/{key}/ack        produce an `ack` action     (an operator: see auth.py)
+POST /api/trains/{train_id}/clear produce a `clear` action    (same)
 POST|DELETE /api/trains/{train_id}/maintenance-window   set or end an Alertmanager silence
+POST /api/login, /api/logout      sign in (a session cookie) and out; GET /api/me: who
 GET  /healthz                     reader state and record counts
 """
 
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from gateway.dashboard.actions import (
     window_action,
     window_end_action,
 )
+from gateway.dashboard.auth import PRINCIPAL, add_auth
 from gateway.dashboard.config import DashboardConfig
 from gateway.dashboard.export import maintenance_csv, maintenance_report
 from gateway.dashboard.fleet import ACTIVE_STATES, Fleet
@@ -44,7 +46,7 @@ from gateway.dashboard.live import LiveHub
 from gateway.dashboard.reader import FleetReader
 from gateway.dashboard.silences import SilenceError, Silences, Window, parse_until
 
-__all__ = ["FLEET", "create_app", "serve"]
+__all__ = ["FLEET", "create_app", "serve", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ def create_app(config: DashboardConfig) -> web.Application:
     rules = load_rule_book(config.rules_file)
     fleet = Fleet(config.history, rules)
     app[CONFIG] = config
+    add_auth(app, config)
     app[RULES] = rules
     app[FLEET] = fleet
     app[HUB] = LiveHub(fleet)
@@ -235,22 +238,11 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 
 async def _operator(request: web.Request) -> str:
-    """Check the bearer token; return the operator's name from the body."""
-    expected = request.app[CONFIG].token.get_secret_value()
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise web.HTTPUnauthorized(
-            text="send Authorization: Bearer <dashboard token>",
-            headers={"WWW-Authenticate": 'Bearer realm="trackside"'},
-        )
-    try:
-        body: Any = await request.json()
-        by = str(body["by"]).strip()
-    except (ValueError, KeyError, TypeError) as exc:
-        raise web.HTTPBadRequest(text='send a JSON body {"by": "<your name>"}') from exc
-    if not 0 < len(by) <= 64:
-        raise web.HTTPBadRequest(text='"by" must be your name, 1 to 64 characters')
-    return by
+    """The signed-in operator's account name: the `by` recorded with the action, never a typed
+    name (the guard in auth.py has refused everyone else already)."""
+    if PRINCIPAL not in request or not request[PRINCIPAL].may_act:
+        raise web.HTTPForbidden(text="acting needs a signed-in operator")
+    return request[PRINCIPAL].name
 
 
 async def _produce(request: web.Request, key: str, action: dict[str, Any]) -> web.Response:
@@ -292,7 +284,7 @@ async def _set_window(request: web.Request) -> web.Response:
     train_id = request.match_info["train_id"]
     if request.app[FLEET].train(train_id) is None:
         raise web.HTTPNotFound(text=f"no train {train_id!r} has been seen")
-    body: Any = await request.json()  # read once already by _operator: aiohttp keeps it
+    body: Any = await request.json()
     try:
         until_ms = parse_until(body.get("until"), int(time.time() * 1000))
     except ValueError as exc:
@@ -336,12 +328,27 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if healthy else 503)
 
 
+def tls_context(config: DashboardConfig) -> ssl.SSLContext | None:
+    """The server's TLS context for `config.tls`; None serves plain HTTP."""
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise DashboardError(
+            f"dashboard tls: cannot load cert_file {config.tls.cert_file} with key_file "
+            f"{config.tls.key_file} ({exc}); `trackside gateway certs` makes a pair"
+        ) from exc
+    return context
+
+
 async def serve(config: DashboardConfig, on_ready: Callable[[str], None]) -> None:
     """Serve until SIGTERM or SIGINT; `on_ready` gets the URL once it listens."""
     runner = web.AppRunner(create_app(config), handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config))
         try:
             await site.start()
         except OSError as exc:
@@ -350,7 +357,8 @@ async def serve(config: DashboardConfig, on_ready: Callable[[str], None]) -> Non
                 "choose another --port"
             ) from exc
         host, port = runner.addresses[0][:2]
-        on_ready(f"http://{host}:{port}/")
+        scheme = "https" if config.tls is not None else "http"
+        on_ready(f"{scheme}://{host}:{port}/")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
