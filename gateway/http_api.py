@@ -8,10 +8,11 @@ import hmac
 from collections.abc import Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge.connector import Connector, ConnectorStatus
 from gateway.config import HttpSettings
+from gateway.status_metrics import StatusCollector
 from gateway.supervise import Supervisor
 
 __all__ = ["make_app"]
@@ -78,8 +79,12 @@ def make_app(
         await asyncio.to_thread(target.resume)
         return web.json_response(dataclasses.asdict(target.status()))
 
+    # The process-wide metrics, then the gauges read from these workers at each scrape.
+    status_registry = CollectorRegistry()
+    status_registry.register(StatusCollector(connectors, workers))
+
     async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest())
+        response = web.Response(body=generate_latest() + generate_latest(status_registry))
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return response
 

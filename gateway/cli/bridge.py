@@ -7,12 +7,13 @@ import threading
 from pathlib import Path
 
 import typer
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from bridge.config import load_config
 from bridge.connector import Connector, tune_gc_for_streaming
 from bridge.pipeline import Pipeline
 from gateway.cli.console import console, log_for_service
+from gateway.status_metrics import StatusCollector
 
 __all__ = ["app"]
 
@@ -34,12 +35,16 @@ def check(config: Path = CONFIG) -> None:
 @app.command()
 def run(
     config: Path = CONFIG,
-    metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
+    metrics_port: int = typer.Option(
+        0, metavar="PORT", help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off)."
+    ),
 ) -> None:
     """Run the connector until SIGTERM or Ctrl-C, then drain and exit."""
     log_for_service()
     connector = Connector(load_config(config))
     if metrics_port:
+        # The connector's state, spool mode and Kafka connection, as the gateway serves them.
+        REGISTRY.register(StatusCollector({connector.name: connector}, {}))
         start_http_server(metrics_port, addr="127.0.0.1")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
