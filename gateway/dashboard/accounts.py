@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -182,9 +183,12 @@ class Sessions:
     At most `limit` are kept; beyond, the least recently used is forgotten (signed out).
     """
 
-    def __init__(self, idle_s: float, limit: int = 10_000) -> None:
+    def __init__(
+        self, idle_s: float, limit: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.idle_s = idle_s
         self.limit = limit
+        self.clock = clock
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
 
     def __len__(self) -> int:
@@ -193,7 +197,7 @@ class Sessions:
     def create(self, principal: Principal) -> str:
         """A new session for `principal`; returns its id (256 random bits)."""
         session_id = secrets.token_urlsafe(32)
-        self._sessions[session_id] = _Session(principal, time.monotonic() + self.idle_s)
+        self._sessions[session_id] = _Session(principal, self.clock() + self.idle_s)
         while len(self._sessions) > self.limit:
             self._sessions.popitem(last=False)
         return session_id
@@ -201,7 +205,7 @@ class Sessions:
     def get(self, session_id: str) -> Principal | None:
         """Who the session is, and its idle time starts again; None if unknown or expired."""
         session = self._sessions.get(session_id)
-        now = time.monotonic()
+        now = self.clock()
         if session is None:
             return None
         if session.expires <= now:

@@ -9,9 +9,10 @@ address in `trusted_proxies`), by its session cookie (after `POST /api/login`), 
 - any other method under `/api/`: an operator only (acknowledge, clear, maintenance windows).
 
 Cross-site requests: the session cookie is `SameSite=Strict`, and every request under `/api/`
-that changes something must carry `X-Trackside: 1` unless it sends the bearer token. A browser
-sends such a header cross-origin only after a CORS preflight, which this server never grants,
-so another site's page can neither act nor sign someone in under its own account.
+that changes something with a session or a proxy's header, and every sign-in, must carry
+`X-Trackside: 1`. A browser sends such a header cross-origin only after a CORS preflight, which
+this server never grants, so another site's page can neither act under someone's session nor
+sign a browser in under an account of its choosing.
 """
 
 from __future__ import annotations
@@ -177,9 +178,13 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     auth = request.app[AUTH]
     unsafe = request.method not in SAFE_METHODS
-    if unsafe and not request.headers.get("Authorization") and not _csrf_header(request):
-        raise web.HTTPForbidden(text=f"send the header {CSRF_HEADER}: 1 with this request")
     principal = auth.identify(request)
+    # A browser sends the cookie (or the proxy's sign-on) along with any site's request; the
+    # bearer token only when a script of ours adds it. Signing in is guarded too, so no other
+    # site can sign a browser in under an account of its choosing.
+    ambient = principal is not None and principal.via != "token"
+    if unsafe and (ambient or request.path == "/api/login") and not _csrf_header(request):
+        raise web.HTTPForbidden(text=f"send the header {CSRF_HEADER}: 1 with this request")
     if principal is not None:
         request[PRINCIPAL] = principal
     if request.path in OPEN_API:

@@ -56,54 +56,100 @@ function toast(text) {
 }
 
 // ---- sign-in and actions -------------------------------------------------
+// The session is an HttpOnly cookie this script never sees; GET /api/me says who is signed in.
 
-function operator() {
-  const token = localStorage.getItem("trackside.token");
-  const by = localStorage.getItem("trackside.by");
-  return token && by ? { token, by } : null;
+const auth = { me: null, login: "token", readsNeedLogin: false };
+
+function canAct() {
+  // Signed in: operators only. Not signed in with the token mode: the button asks for it.
+  return auth.me ? auth.me.role === "operator" : auth.login === "token";
+}
+
+function post(url, body, method = "POST") {
+  // X-Trackside: the server refuses changes without it (another site's page cannot send it).
+  return fetch(url, {
+    method,
+    headers: { "Content-Type": "application/json", "X-Trackside": "1" },
+    body: JSON.stringify(body || {}),
+  });
+}
+
+async function whoAmI() {
+  let response;
+  try {
+    response = await fetch("/api/me");
+  } catch (err) {
+    return;
+  }
+  if (response.ok) {
+    auth.me = await response.json();
+  } else if (response.status === 401) {
+    const body = await response.json();
+    auth.me = null;
+    auth.login = body.login;
+    auth.readsNeedLogin = body.reads_need_login;
+  }
+  showWho();
 }
 
 function showWho() {
-  const who = operator();
-  document.getElementById("who").textContent = who ? `${who.by} (sign out)` : "Sign in";
+  const who = document.getElementById("who");
+  const me = auth.me;
+  who.textContent = me ? `${me.name} · ${me.role}${me.via === "header" ? "" : " (sign out)"}` : "Sign in";
+  who.disabled = me ? me.via === "header" : auth.login === "proxy";
 }
 
 function askLogin() {
   const dialog = document.getElementById("login");
   const form = document.getElementById("login-form");
-  document.getElementById("login-by").value = localStorage.getItem("trackside.by") || "";
-  document.getElementById("login-token").value = "";
+  const name = document.getElementById("login-name");
+  const password = document.getElementById("login-password");
+  const error = document.getElementById("login-error");
+  const cancel = document.getElementById("login-cancel");
+  const byToken = auth.login === "token";
+  document.getElementById("login-name-row").hidden = byToken;
+  name.required = !byToken;
+  document.getElementById("login-what").textContent = byToken ? "Dashboard token" : "Password";
+  cancel.hidden = auth.readsNeedLogin;
+  password.value = "";
+  error.textContent = "";
   return new Promise((resolve) => {
     const done = (ok) => {
       form.onsubmit = null;
-      document.getElementById("login-cancel").onclick = null;
+      cancel.onclick = null;
       dialog.close();
-      resolve(ok ? operator() : null);
+      resolve(ok);
     };
-    form.onsubmit = (event) => {
+    form.onsubmit = async (event) => {
       event.preventDefault();
-      localStorage.setItem("trackside.by", document.getElementById("login-by").value.trim());
-      localStorage.setItem("trackside.token", document.getElementById("login-token").value.trim());
-      showWho();
-      done(true);
+      let response = null;
+      try {
+        response = await post("/api/login", { name: name.value.trim(), password: password.value });
+      } catch (err) {
+        response = null;
+      }
+      if (response && response.ok) {
+        auth.me = await response.json();
+        showWho();
+        render();
+        done(true);
+      } else {
+        error.textContent = response ? await response.text() : "The dashboard is unreachable.";
+      }
     };
-    document.getElementById("login-cancel").onclick = () => done(false);
+    cancel.onclick = () => done(false);
     dialog.showModal();
   });
 }
 
-async function act(url, pendingKey) {
-  const who = operator() || (await askLogin());
-  if (!who) return;
+async function act(url, pendingKey, body, method) {
+  if (!auth.me && !(await askLogin())) return;
+  if (!canAct()) return;
   state.pending.add(pendingKey);
   render();
   let response;
   try {
-    response = await fetch(url, {
-      method: "POST",
-      headers: { "Authorization": `Bearer ${who.token}`, "Content-Type": "application/json" },
-      body: JSON.stringify({ by: who.by }),
-    });
+    response = await post(url, body, method);
   } catch (err) {
     response = null;
   }
@@ -112,18 +158,15 @@ async function act(url, pendingKey) {
     return;
   }
   state.pending.delete(pendingKey);
+  if (response && response.status === 401) auth.me = null;
+  showWho();
   render();
-  if (response && response.status === 401) {
-    localStorage.removeItem("trackside.token");
-    showWho();
-    toast("The token was refused: sign in again");
-  } else {
-    toast(`Not sent: ${response ? await response.text() : "the dashboard is unreachable"}`);
-  }
+  if (response && response.status === 401) toast("Your session ended: sign in again");
+  else toast(`Not sent: ${response ? await response.text() : "the dashboard is unreachable"}`);
 }
 
 function ackButton(alert) {
-  if (alert.state !== "firing") return null;
+  if (alert.state !== "firing" || !canAct()) return null;
   const sent = state.pending.has(alert.key);
   return h("button", {
     class: "act", type: "button", disabled: sent,
@@ -132,7 +175,7 @@ function ackButton(alert) {
 }
 
 function clearButton(train) {
-  if (!train.flagged) return null;
+  if (!train.flagged || !canAct()) return null;
   const sent = state.pending.has(train.train_id);
   return h("button", {
     class: "act", type: "button", disabled: sent,
@@ -296,7 +339,12 @@ function connect() {
   const live = document.getElementById("live");
   const events = new EventSource("/api/events");
   events.addEventListener("open", () => { live.dataset.state = "live"; live.textContent = "live"; });
-  events.addEventListener("error", () => { live.dataset.state = "offline"; live.textContent = "reconnecting"; });
+  events.addEventListener("error", () => {
+    live.dataset.state = "offline";
+    live.textContent = "reconnecting";
+    // A refusal (the session ended) makes EventSource give up: sign in again, then reconnect.
+    if (events.readyState === EventSource.CLOSED) setTimeout(() => signIn().then(connect), 2000);
+  });
   events.addEventListener("snapshot", (event) => {
     const data = JSON.parse(event.data);
     state.trains.clear();
@@ -316,18 +364,26 @@ function connect() {
   });
 }
 
-document.getElementById("who").addEventListener("click", () => {
-  if (operator()) {
-    localStorage.removeItem("trackside.token");
-    showWho();
-  } else {
+document.getElementById("who").addEventListener("click", async () => {
+  if (!auth.me) {
     askLogin();
+    return;
   }
+  await post("/api/logout");
+  auth.me = null;
+  showWho();
+  render();
+  if (auth.readsNeedLogin) location.reload(); // nothing to show until someone signs in
 });
 window.addEventListener("hashchange", () => { state.detail = null; render(); loadDetail(); });
 setInterval(() => {
   for (const el of document.querySelectorAll("time[data-ms]")) el.textContent = ago(Number(el.dataset.ms));
 }, 5000);
-showWho();
-render();
-connect();
+async function signIn() {
+  // With accounts nothing is shown before signing in; the token mode reads without.
+  await whoAmI();
+  if (!auth.me && auth.login === "proxy") toast("Open the dashboard through the sign-on proxy");
+  while (!auth.me && auth.readsNeedLogin && auth.login !== "proxy") await askLogin();
+}
+
+signIn().then(() => { render(); connect(); });
