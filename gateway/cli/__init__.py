@@ -34,6 +34,7 @@ COMMANDS = {
     "broker": "broker",
     "bridge": "bridge",
     "gateway": "gateway",
+    "doctor": "doctor",
     "devices": "devices",
     "users": "users",
     "alerts": "alerts",
