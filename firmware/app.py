@@ -9,18 +9,16 @@ import time
 from micropython import const
 
 import wire
-from link import Link
-from umqtt.simple import MQTTException
+from link import LINK_ERRORS, Link
 
 FW = "1.0.0"
 STATE_FILE = "trackside.state"  # boot id and the disabled flag, kept across reboots
-OPS = ("disable", "enable", "reboot", "identify")
-# umqtt.simple reports a broken connection as any of these.
-LINK_ERRORS = (OSError, MQTTException, IndexError, AssertionError)
+OPS = ("disable", "enable", "reboot", "identify", "ota")
 # Bare-metal ports count seconds from 2000-01-01, the unix port from 1970.
 EPOCH_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
 _BURST = const(16)  # readings sent per service round at most, so that commands stay responsive
-STATUS = '{"state":"%s","boot_id":%d,"seq":%d,"dropped":%d,"outbox":%d,"uptime_s":%d,"fw":"%s"}'
+STATUS = ('{"state":"%s","boot_id":%d,"seq":%d,"dropped":%d,"outbox":%d,"uptime_s":%d,"fw":"%s",'
+          '"app":"%s","slot":"%s"}')
 
 
 class App:
@@ -52,6 +50,11 @@ class App:
         self._up_ms = 0
         self._status_ms = cfg.get("status_ms", 60000)
         self._status_due = 0
+        # From main.py: the release running and its slot (docs/ota.md), and the health check
+        # to pass once, after the first status is acknowledged.
+        self.release = cfg.get("release", ("", ""))
+        self.healthy = cfg.get("healthy")
+        self._update = False  # an update offered: reboot into its client once the outbox is empty
 
     def run(self):
         """Sample and publish until the board resets."""
@@ -109,6 +112,9 @@ class App:
                 self._wall = self.board.sync_time()
                 self.publish_status()
                 print("mqtt: connected")
+                if self.healthy:  # set to None only once it went through: it publishes too
+                    self.healthy(self)
+                    self.healthy = None
             except LINK_ERRORS as e:
                 link.fail(e)
             gc.collect()
@@ -140,14 +146,17 @@ class App:
         except LINK_ERRORS as e:
             link.fail(e)
             return False
+        if frame is None and self._update:  # every reading sent: the reboot loses none
+            link.client.disconnect()
+            self.board.reboot()
         if sent:
             gc.collect()  # each publish leaves a packet behind
         return frame is not None
 
     def publish_status(self):
-        self.link.publish(self._status, STATUS % (
+        self.link.publish(self._status, STATUS % ((
             "disabled" if self.disabled else "online", self.boot_id, self.seq,
-            self.outbox.dropped, len(self.outbox), self._up_ms // 1000, FW), True)
+            self.outbox.dropped, len(self.outbox), self._up_ms // 1000, FW) + self.release), True)
         self._status_due = time.ticks_add(time.ticks_ms(), self._status_ms)
 
     def configure(self, payload):
@@ -178,6 +187,10 @@ class App:
             return self.reply(rid, "unknown op %r: expected one of %s" % (op, ", ".join(OPS)))
         if op == "identify":
             self.board.identify()
+        elif op == "ota":  # its client runs alone, after a reboot (main.py, docs/ota.md)
+            with open("ota.offer", "wb") as f:
+                f.write(payload)
+            self._update = True
         elif op == "reboot":
             self.reply(rid)
             self.link.client.disconnect()  # a clean goodbye: no last will for a planned reboot

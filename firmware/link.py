@@ -6,9 +6,11 @@ import random
 import struct
 import time
 
-from umqtt.simple import MQTTClient
+from umqtt.simple import MQTTClient, MQTTException
 
 OFFLINE = b'{"state":"offline"}'
+# umqtt.simple reports a broken connection as any of these.
+LINK_ERRORS = (OSError, MQTTException, IndexError, AssertionError)
 
 
 # umqtt.simple 1.3.4 writes a PUBLISH in five pieces, and Nagle's algorithm holds all but the

@@ -31,7 +31,10 @@ UMQTT_PACKAGE = "micropython-umqtt.simple"
 UMQTT_VERSION = "1.3.4"
 UMQTT_SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f"
 
-_COMMON = ("main.py", "app.py", "board.py", "link.py", "outbox.py", "sensors.py", "wire.py")
+# slots.py: what main.py runs (slot choice, rollback); ota.py and ed25519.py: the update
+# client, which safe mode runs from the root (docs/ota.md).
+_COMMON = ("main.py", "slots.py", "app.py", "board.py", "link.py", "outbox.py", "sensors.py",
+           "wire.py", "ota.py", "ed25519.py")
 # Board name (the "board" key of trackside.json) -> the app modules only that board needs.
 BOARDS: dict[str, tuple[str, ...]] = {
     "unix": ("board_unix.py", "sim.py", "model.py"),

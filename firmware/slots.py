@@ -1,0 +1,164 @@
+# What main.py runs on every board: choose the app slot (over-the-air updates, docs/ota.md),
+# read trackside.json, pick the board layer, run the app (or the update client alone) forever,
+# and roll back a release that fails its probation. It imports nothing of the app before the
+# slot is chosen and no module of a slot at all, so that no release can break it: updates
+# never replace it, nor main.py. (Compiled, not in main.py: a board compiles main.py's source
+# at boot, and that took more heap than the app has to spare.)
+import gc
+import json
+import os
+import sys
+import time
+
+BOARDS = {"unix": "board_unix", "esp32-devkitc": "board_esp32", "pico-w": "board_pico_w"}
+STATE = "ota.json"  # the slot to boot, its probation, the failed boots in a row
+SAFE_AFTER = 10  # failed boots in a row, then safe mode (ESPHome's default)
+state = {}
+
+
+def save():
+    with open("ota.tmp", "w") as f:
+        json.dump(state, f)
+    os.rename("ota.tmp", STATE)  # atomic on littlefs and POSIX: a power loss leaves old or new
+
+
+def reset():
+    import machine
+
+    if hasattr(machine, "reset"):
+        machine.reset()
+    raise SystemExit("reboot")  # the unix port: its supervisor starts it again
+
+
+def rollback(why):
+    """Back to the last confirmed slot; the app there reports `why`."""
+    s = state
+    s["report"] = {"id": s.get("rid"), "ok": False, "ota": "rolled_back",
+                   "version": s.get("ver"), "why": why}
+    s["slot"], s["ver"], s["trial"] = s.get("good", ""), s.get("gver", ""), 0
+    save()
+    print("ota: rolled back:", why)
+
+
+def select():
+    """This boot's mode (app, update or safe), its slot first on sys.path."""
+    global state
+    try:
+        with open(STATE) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        pass  # never updated: the app at the root, as `trackside deploy` put it there
+    if state.get("trial"):
+        if state.get("tried"):  # it went down before its health check passed
+            try:
+                import machine
+
+                why = "watchdog" if machine.reset_cause() == machine.WDT_RESET else "reset"
+            except (ImportError, AttributeError):
+                why = "reset"
+            rollback(why + " before the health check")
+        else:
+            state["tried"] = 1
+    state["fails"] = state.get("fails", 0) + 1  # back to 0 when the health check passes
+    save()
+    if state["fails"] > SAFE_AFTER:
+        return "safe"  # the root's networking and update client only
+    slot = state.get("slot")
+    if slot:
+        sys.path.insert(0, slot + "/lib")
+        sys.path.insert(0, slot)
+    try:
+        os.stat("ota.offer")
+        return "update"
+    except OSError:
+        return "app"
+
+
+def healthy(app):
+    """The app connected and its status was acknowledged: confirm a slot on probation and
+    report how the last update ended (as a reply to the update's command id)."""
+    s = state
+    report = s.get("report")
+    if s.get("trial"):
+        report = {"id": s.get("rid"), "ok": True, "ota": "confirmed", "version": s["ver"],
+                  "slot": s["slot"]}
+    if report:
+        app.link.publish(app._reply, json.dumps(report))  # first: if it fails, all is retried
+    if s.get("trial"):
+        s["trial"], s["good"], s["gver"] = 0, s["slot"], s["ver"]
+        del app.board.feed  # the probation deadline (boot()) is over
+    s["report"], s["fails"] = None, 0
+    save()
+
+
+def boot():
+    """The board layer and what runs on it: the app, or the update client alone."""
+    mode = select()
+    with open("trackside.json") as f:
+        cfg = json.load(f)
+    if mode == "app":
+        # The outbox ring is the app's one large block (8.7 KB): taken first, while the heap
+        # is one free stretch; after the imports it might only fit in fragments.
+        import wire
+        from outbox import Outbox
+
+        outbox = Outbox(cfg.get("outbox", 256), wire.HEADER_SIZE + 2 * len(wire.CHANNELS))
+    board = __import__(BOARDS[cfg["board"]]).Board(cfg)
+    if mode != "app":
+        import ota
+
+        return board, ota.Updater(cfg, board, state, save, mode == "safe")
+    if state.get("trial"):
+        # Probation: the health check must pass within the deadline. Checked where the app
+        # feeds the watchdog, which a hung app stops doing (then the watchdog resets).
+        feed, limit = board.feed, cfg.get("ota_probation_s", 120)
+        due = time.ticks_add(time.ticks_ms(), limit * 1000)
+
+        def probation():
+            if time.ticks_diff(time.ticks_ms(), due) > 0:
+                rollback("no health check within %d s" % limit)
+                reset()
+            feed()
+
+        board.feed = probation
+    cfg["release"], cfg["healthy"] = (state.get("ver", ""), state.get("slot", "")), healthy
+    gc.collect()  # what select() and the board left behind: App needs room in one piece
+    from app import App
+
+    return board, App(cfg, board, outbox)
+
+
+def failed(e):
+    # A crash, or a release that fails to import: on probation, the last good slot again; in
+    # the update client, the app again. Otherwise as before: the traceback, and a board stays
+    # in the REPL until its watchdog resets it.
+    if state.get("trial"):
+        rollback("%s: %s" % (type(e).__name__, e))
+        reset()
+    try:
+        os.remove("ota.offer")
+    except OSError:
+        return
+    state["report"] = {"id": None, "ok": False, "ota": "failed", "why": repr(e)}
+    save()
+    reset()
+
+
+def main():
+    try:
+        board, app = boot()
+    except Exception as e:  # noqa: BLE001 (firmware: whatever a release raises)
+        failed(e)
+        raise
+    gc.collect()  # the parsed trackside.json and what loading the modules left behind
+    try:
+        app.run()
+    except KeyboardInterrupt:  # Ctrl-C, e.g. from `trackside deploy` or `trackside console`
+        if board.wdt is None:
+            print("trackside: stopped; no watchdog armed, the board stays in the REPL")
+        else:
+            print("trackside: stopped, but the watchdog is armed and cannot be stopped: the board"
+                  " resets within %d s; deploy right after that reset" % -(-board.wdt_ms // 1000))
+    except Exception as e:  # noqa: BLE001
+        failed(e)
+        raise
