@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from gateway import GatewayError
+from gateway.alerts.notify import FLAG_ALERT
 from gateway.alerts.rules import Duration, Severity, load_model
 from gateway.localkafka import free_port, stop_pid
 
@@ -118,6 +119,9 @@ class Inhibit(_Frozen):
     critical_over_warning: bool = True
     # A stale (offline) device mutes the sensor alerts of that device.
     offline_over_sensors: bool = True
+    # A train flagged for maintenance mutes the alerts that flag (the flag's own alert, which
+    # names them, is the one notification; they are told again only if the flag is cleared).
+    flagged_over_its_alerts: bool = True
 
 
 class NotificationConfig(_Frozen):
@@ -242,6 +246,14 @@ def alertmanager_config(config: NotificationConfig) -> dict[str, Any]:
                 "equal": ["train", "device"],
             }
         )
+    if config.inhibit.flagged_over_its_alerts:
+        inhibit.append(
+            {
+                "source_matchers": [f'alertname="{FLAG_ALERT}"'],
+                "target_matchers": ['flags="true"'],
+                "equal": ["train"],
+            }
+        )
     global_: dict[str, Any] = {"resolve_timeout": _duration(config.resolve_timeout)}
     if config.smtp is not None:
         global_["smtp_smarthost"] = config.smtp.smarthost
@@ -318,22 +330,33 @@ class LocalAlertmanager:
 
     def start(self, timeout: float = 30.0, detach: bool = False) -> subprocess.Popen[bytes]:
         """Write the config, start Alertmanager and wait until it is ready."""
-        self.write_config()
-        argv = self.argv()
-        with self.log_file.open("ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=detach,
-            )
+        proc = self.spawn(detach)
         try:
             self.wait_ready(timeout, proc)
         except AlertmanagerError:
             stop_pid(proc.pid, 10.0)
             raise
         return proc
+
+    def spawn(self, detach: bool = False, die_with_parent: bool = False) -> subprocess.Popen[bytes]:
+        """Write the config and start Alertmanager without waiting (see `wait_ready`).
+
+        `die_with_parent`: Linux sends it SIGTERM when the thread that started it ends (call
+        from the main thread), even by SIGKILL, so a killed gateway leaves no Alertmanager
+        holding its port behind (util-linux `setpriv --pdeathsig`; no fork-time Python code).
+        """
+        self.write_config()
+        argv = self.argv()
+        if die_with_parent:
+            argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
+        with self.log_file.open("ab") as out:
+            return subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=detach,
+            )
 
     def ready(self) -> bool:
         """True when Alertmanager answers `/-/ready` with 200."""

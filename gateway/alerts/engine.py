@@ -106,13 +106,17 @@ class Engine:
         if seen is not None and seen.boot_id == reading.boot_id and reading.seq <= seen.seq:
             self.duplicates += 1
             return False
+        disabled = seen is not None and seen.disabled
         store.devices[device] = DeviceSeen(
-            reading.train_id, reading.device_id, reading.boot_id, reading.seq, arrival_ms
+            reading.train_id, reading.device_id, reading.boot_id, reading.seq, arrival_ms, disabled
         )
         store.touch(seen_key(*device))
+        # A disabled device's readings (still in flight when it stopped) may resolve alerts but
+        # start none: its rules must not sit pending and fire on the first reading after enable.
+        armed = not disabled and not self._train_disabled(reading.train_id)
         for rule in self.level_rules:
             for state, measure in self._measures(rule, reading):
-                self._step(rule, state, measure, reading.ts_ms)
+                self._step(rule, state, measure, reading.ts_ms, armed)
         for stale in self.stale_rules:
             key = rule_key(reading.train_id, stale.name, reading.device_id, STALE_SENSOR)
             stale_state = store.rules.get(key)
@@ -128,6 +132,7 @@ class Engine:
             seen.disabled = not seen.disabled
             seen.arrival_ms = now_ms  # silence counts from here, not from before it was disabled
             self.store.touch(seen_key(train_id, device_id))
+            self._restart_rules(train_id, device_id)
         if status.get("state") != "offline":
             return
         silent_s = (now_ms - seen.arrival_ms) / 1000 if seen is not None else 0.0
@@ -208,12 +213,14 @@ class Engine:
         self.store.touch(state.key)
         return rise
 
-    def _step(self, rule: LevelRule, state: RuleState, measure: float, ts_ms: int) -> None:
+    def _step(
+        self, rule: LevelRule, state: RuleState, measure: float, ts_ms: int, armed: bool
+    ) -> None:
         if state.state == "firing":
             if rule.cleared(measure):
                 self._resolve(rule, state, measure, ts_ms, "")
             return
-        if not rule.raised(measure):
+        if not armed or not rule.raised(measure):
             if state.state == "pending":
                 state.state, state.since_ms = "inactive", None
                 self.store.touch(state.key)
@@ -234,11 +241,23 @@ class Engine:
         ts_ms: int,
         what: str,
     ) -> None:
+        escalated = not isinstance(rule, StaleRule) and self._second_alarm(state, ts_ms)
         state.state, state.value, state.ts_ms = "firing", value, ts_ms
         state.acked_by = state.acked_at_ms = None
+        state.fired_ms, state.escalated = ts_ms, escalated
         self.store.touch(state.key)
-        self._alert(rule, state, "firing", _describe(rule, state, value, what))
-        if self.rules.policy.flags(rule):
+        extra: dict[str, Any] = {}
+        notes = [what] if what else []
+        if escalated:
+            window = self.rules.policy.escalate_within_s
+            notes.append(f"escalated: second alarm of {state.train_id} within {window:g} s")
+        cleared = self.store.maintenance.get(state.train_id)
+        if cleared is not None and not cleared.flagged and cleared.by != "alerts":
+            extra["after_clear_ms"] = cleared.since_ms  # the history links the two
+            notes.append(f"again after the clear by {cleared.by}")
+        message = _describe(rule, state, value, "; ".join(notes))
+        self._alert(rule, state, "firing", message, ts_ms, extra)
+        if self.rules.policy.flags(rule, escalated):
             self._flag(state.train_id, state.key, ts_ms)
 
     def _resolve(
@@ -248,10 +267,12 @@ class Engine:
         value: float,
         ts_ms: int,
         what: str,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         state.state, state.value, state.ts_ms = "resolved", value, ts_ms
         self.store.touch(state.key)
-        self._alert(rule, state, "resolved", _describe(rule, state, value, what or "back"))
+        message = _describe(rule, state, value, what or "back")
+        self._alert(rule, state, "resolved", message, ts_ms, extra or {})
 
     def _alert(
         self,
@@ -259,8 +280,15 @@ class Engine:
         state: RuleState,
         name: str,
         message: str,
+        at_ms: int,
+        extra: dict[str, Any],
     ) -> None:
-        threshold = rule.after_s if isinstance(rule, StaleRule) else rule.threshold
+        if isinstance(rule, StaleRule):
+            threshold, clear, unit = rule.after_s, None, "s"
+        else:
+            threshold, clear = rule.threshold, rule.clear_level
+            unit = UNITS.get(state.sensor.split("-", 1)[0], "")
+            unit += "/min" if isinstance(rule, RateRule) else ""
         self._out.alerts.append(
             {
                 "key": state.key,
@@ -268,15 +296,23 @@ class Engine:
                 "device_id": state.device_id,
                 "rule": state.rule,
                 "sensor": state.sensor,
-                "severity": rule.severity,
+                "severity": "critical" if state.escalated else rule.severity,
+                "escalated": state.escalated,
+                "flags": self.rules.policy.flags(rule, state.escalated),
                 "state": name,
                 "value": round(state.value, 3) if state.value is not None else None,
                 "threshold": threshold,
+                "clear": clear,
+                "unit": unit,
                 "ts_ms": state.ts_ms,
                 "since_ms": state.since_ms,
+                "at_ms": at_ms,  # when this event happened (an ack's own time, a clear's)
                 "message": message,
+                "description": rule.description,
+                "runbook": rule.runbook,
                 "acked_by": state.acked_by,
                 "acked_at_ms": state.acked_at_ms,
+                **extra,
             }
         )
 
@@ -300,18 +336,64 @@ class Engine:
         state.acked_by, state.acked_at_ms = by, at_ms
         self.store.touch(key)
         value = state.value if state.value is not None else 0.0
-        self._alert(rule, state, "acknowledged", _describe(rule, state, value, f"acked by {by}"))
+        message = _describe(rule, state, value, f"acked by {by}")
+        self._alert(rule, state, "acknowledged", message, at_ms, {})
 
     def _clear(self, train_id: str, by: str, at_ms: int) -> None:
         current = self.store.maintenance.get(train_id)
         if current is None or not current.flagged:
             log.warning("ignored a clear of train %s: it has no maintenance flag", train_id)
             return
+        # The desk has dealt with the train: its alerts end here, under who cleared them, and
+        # its rules start afresh; a condition still there fires again as a new alert.
+        cleared = {"cleared_by": by, "cleared_at_ms": at_ms}
+        for state in self._train_states(train_id):
+            rule = self.by_name.get(state.rule)
+            if rule is None or isinstance(rule, StaleRule):
+                continue
+            if state.state == "firing":
+                value = state.value if state.value is not None else 0.0
+                self._resolve(rule, state, value, at_ms, f"cleared by {by}", cleared)
+            self._restart(state)
         flag = Maintenance(train_id, False, current.reason, at_ms, by, False)
         self.store.maintenance[train_id] = flag
         self._out.maintenance.append(_flag_record(flag))
         if current.disabled:
             self._command(train_id, "enable", at_ms)
+
+    def _train_states(self, train_id: str) -> list[RuleState]:
+        return [s for s in self.store.rules.values() if s.train_id == train_id]
+
+    def _train_disabled(self, train_id: str) -> bool:
+        flag = self.store.maintenance.get(train_id)
+        return flag is not None and flag.flagged and flag.disabled
+
+    def _restart(self, state: RuleState) -> None:
+        """Forget a rule's pending start and rate reference (a firing state stays firing)."""
+        if state.state == "pending":
+            state.state, state.since_ms = "inactive", None
+        state.ref_ts_ms = state.ref_value = None
+        self.store.touch(state.key)
+
+    def _restart_rules(self, train_id: str, device_id: int) -> None:
+        for state in self._train_states(train_id):
+            if state.device_id == device_id and state.sensor != STALE_SENSOR:
+                self._restart(state)
+
+    def _second_alarm(self, state: RuleState, ts_ms: int) -> bool:
+        """True when `state` firing now is a new alarm of its train (nothing else of the train
+        fires: not the rest of one burst) and the train had an alarm within the window."""
+        window_s = self.rules.policy.escalate_within_s
+        if window_s is None:
+            return False
+        others = [
+            s for s in self._train_states(state.train_id) if s.sensor != STALE_SENSOR
+        ]
+        if any(s.state == "firing" for s in others if s is not state):
+            return False
+        return any(
+            s.fired_ms is not None and 0 <= ts_ms - s.fired_ms <= window_s * 1000 for s in others
+        )
 
     def _command(self, train_id: str, op: str, ts_ms: int) -> None:
         # The id is derived from the input, so a replay after a crash writes the same command.

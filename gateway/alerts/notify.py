@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,8 +33,10 @@ from gateway.supervise import Backoff
 __all__ = [
     "ALERTMANAGER_UP",
     "FAILED_POSTS",
+    "FLAG_ALERT",
     "AlertmanagerSettings",
     "Notifier",
+    "flag_event",
     "to_alertmanager",
 ]
 
@@ -52,8 +55,11 @@ FAILED_POSTS = Counter(
 # that stops posting has its alerts resolved by Alertmanager after that long.
 _ENDS_AFTER_PERIODS = 4
 _POST_TIMEOUT_S = 5.0
-# Where the desk reads what a rule means; a service file may point at its own runbook.
+# Where the desk reads what a rule means, for rules without a `runbook` of their own.
 _RUNBOOK = "docs/alerts.md, default rules and their sources"
+# The alert that stands for a train's maintenance flag while it is set (`kind: maintenance`);
+# the notification file's `flagged_over_its_alerts` inhibition mutes the alerts that flag.
+FLAG_ALERT = "train_flagged"
 
 
 class AlertmanagerSettings(BaseModel):
@@ -83,10 +89,10 @@ def to_alertmanager(
     value, threshold, sensor = event.get("value"), event.get("threshold"), str(event["sensor"])
     unit = "s" if kind == "stale" else UNITS.get(sensor.split("-", 1)[0], "")
     annotations = {
-        "summary": f"{event['train_id']} device {event['device_id']}: {event['message']}",
+        "summary": f"{_subject(event)}: {event['message']}",
         "value": f"{value:g} {unit}".strip() if isinstance(value, int | float) else "",
         "threshold": f"{threshold:g} {unit}".strip() if isinstance(threshold, int | float) else "",
-        "runbook": f"{runbook} ({event['rule']})",
+        "runbook": str(event.get("runbook") or f"{runbook} ({event['rule']})"),
     }
     if description:
         annotations["description"] = description
@@ -97,16 +103,21 @@ def to_alertmanager(
     # resolve carries only the pending start.
     started = event.get("since_ms") if event["state"] == "resolved" else event.get("ts_ms")
     since = started or now_ms
+    labels = {
+        "alertname": str(event["rule"]),
+        "train": str(event["train_id"]),
+        "device": str(event["device_id"]),
+        "rule": str(event["rule"]),
+        "sensor": sensor,
+        "severity": str(event["severity"]),
+        "kind": kind,
+    }
+    if event.get("flags"):
+        labels["flags"] = "true"  # it flags its train: muted while the flag's alert fires
+    if kind == "maintenance":  # one per train: no device, sensor or rule
+        labels = {k: labels[k] for k in ("alertname", "train", "severity", "kind")}
     alert: dict[str, Any] = {
-        "labels": {
-            "alertname": str(event["rule"]),
-            "train": str(event["train_id"]),
-            "device": str(event["device_id"]),
-            "rule": str(event["rule"]),
-            "sensor": sensor,
-            "severity": str(event["severity"]),
-            "kind": kind,
-        },
+        "labels": labels,
         "annotations": annotations,
         "startsAt": _iso(min(since, now_ms)),
     }
@@ -117,6 +128,37 @@ def to_alertmanager(
     else:
         alert["endsAt"] = _iso(now_ms + _ENDS_AFTER_PERIODS * resend_s * 1000)
     return alert
+
+
+def flag_event(flag: dict[str, Any]) -> dict[str, Any]:
+    """A maintenance record (`trackside.maintenance`) as the alert event of its flag."""
+    disabled = "; disabled" if flag.get("disabled") else ""
+    return {
+        "train_id": flag["train_id"],
+        "device_id": "",
+        "rule": FLAG_ALERT,
+        "sensor": "",
+        "severity": "critical",
+        "kind": "maintenance",
+        "state": "firing" if flag["flagged"] else "resolved",
+        "value": None,
+        "threshold": None,
+        "ts_ms": flag["since_ms"],
+        "since_ms": flag["since_ms"],
+        "message": (
+            f"flagged for maintenance by {flag['reason']}{disabled}"
+            if flag["flagged"]
+            else f"maintenance flag cleared by {flag['by']}"
+        ),
+        "runbook": "inspect the train, then clear its flag on the dashboard",
+    }
+
+
+def _subject(event: dict[str, Any]) -> str:
+    """`T104 device 3`, or `T104` for the train's own (maintenance) alert."""
+    if event.get("kind") == "maintenance":
+        return str(event["train_id"])
+    return f"{event['train_id']} device {event['device_id']}"
 
 
 def _identity(event: dict[str, Any]) -> tuple[str, ...]:
@@ -131,6 +173,7 @@ class Notifier:
         self.settings = settings
         self.endpoint = f"{str(settings.url).rstrip('/')}/api/v2/alerts"
         self._rules = {rule.name: rule for rule in rules.rules}
+        self._policy = rules.policy
         self._events: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # why the thread ended, if it did by a bug
@@ -160,7 +203,9 @@ class Notifier:
                     "device_id": state.device_id,
                     "rule": state.rule,
                     "sensor": state.sensor,
-                    "severity": rule.severity,
+                    "severity": "critical" if state.escalated else rule.severity,
+                    "flags": self._policy.flags(rule, state.escalated),
+                    "runbook": rule.runbook,
                     "state": state.state,
                     "value": state.value,
                     "threshold": threshold,
@@ -172,18 +217,25 @@ class Notifier:
                     "_restored": True,
                 }
             )
+        for flag in store.maintenance.values():
+            if flag.flagged:
+                events.append({**flag_event(asdict(flag)), "_restored": True})
         if self._thread is None or not self._thread.is_alive():
             self.failure = None
             self._thread = threading.Thread(target=self._run, name="alerts-notify", daemon=True)
             self._thread.start()
         self._events.put(events)
 
-    def publish(self, events: list[dict[str, Any]]) -> None:
-        """Queue the alert events of a committed transaction; raises if the thread died."""
+    def publish(
+        self, events: list[dict[str, Any]], flags: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Queue the alert events and maintenance flags of a committed transaction; raises
+        if the thread died."""
         if self.failure is not None:
             raise AlertError(f"the Alertmanager notifier failed: {self.failure}; restarting")
-        if events:
-            self._events.put(events)
+        changes = events + [flag_event(flag) for flag in flags or ()]
+        if changes:
+            self._events.put(changes)
 
     def stop(self, timeout: float = 2 * _POST_TIMEOUT_S) -> None:
         """Post what is not posted yet (one try), end the thread; Alertmanager resolves what
@@ -261,7 +313,7 @@ class Notifier:
         body = [
             to_alertmanager(
                 e,
-                self._kind(str(e["rule"])),
+                str(e.get("kind") or self._kind(str(e["rule"]))),
                 self.settings.runbook,
                 now_ms,
                 self.settings.resend_s,

@@ -95,7 +95,8 @@ class _RuleBase(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)
     severity: Severity = "warning"
     flag: bool | None = None
-    description: str = ""
+    description: str = Field("", description="one plain-language line for the desk")
+    runbook: str = Field("", description="what to do when it fires, one line")
     source: str = ""
 
 
@@ -182,9 +183,14 @@ class Policy(_Frozen):
 
     flag_severities: tuple[Severity, ...] = ("critical",)
     disable_train: bool = False
+    # Hot-axle-box practice: a second alarm on the same vehicle within this window is raised
+    # as critical (and so flags, and with `disable_train` disables). None: no escalation.
+    escalate_within_s: Duration | None = Field(None, alias="escalate_within", gt=0)
 
-    def flags(self, rule: LevelRule | StaleRule) -> bool:
-        """True when a firing `rule` flags its train for maintenance."""
+    def flags(self, rule: LevelRule | StaleRule, escalated: bool = False) -> bool:
+        """True when a firing `rule` flags its train; an escalated alert counts as critical."""
+        if escalated and "critical" in self.flag_severities:
+            return True
         return rule.flag if rule.flag is not None else rule.severity in self.flag_severities
 
 

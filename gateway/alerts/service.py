@@ -483,7 +483,7 @@ class AlertService:
         self.counters.alerts += len(effects.alerts)
         self.counters.transactions += 1
         if self.notifier is not None:  # only what is committed; a queue put, nothing more
-            self.notifier.publish(effects.alerts)
+            self.notifier.publish(effects.alerts, effects.maintenance)
 
     @staticmethod
     def _produce(producer: Producer, topic: str, key: str, value: dict[str, Any]) -> None:

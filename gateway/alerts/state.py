@@ -58,6 +58,8 @@ class RuleState:
     ref_value: float | None = None
     acked_by: str | None = None
     acked_at_ms: int | None = None
+    fired_ms: int | None = None  # when it last fired: escalation looks back at it
+    escalated: bool = False  # raised as critical: a second alarm of its train (policy)
 
     @property
     def key(self) -> str:

@@ -13,13 +13,20 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 
 from firmware import wire
-from firmware.model import TrainModel
+from firmware.model import (
+    _BEARING_TAU_S,
+    _ENGINE_HOT,
+    _ENGINE_TAU_S,
+    _STOP,
+    TrainModel,
+)
 from gateway.simulate.fleet import DeviceSpec
 from gateway.simulate.scenarios import CLOCK_SKEW_MS, MALFORMED_EVERY, malformed_frame
 
 __all__ = ["FIRMWARE_VERSION", "OPS", "SimDevice", "topic"]
 
 OPS = ("disable", "enable", "reboot", "identify")
+_DWELL_AFTER_HOLD_S = 30.0  # a released train waits this long, then departs
 
 try:
     FIRMWARE_VERSION = version("trackside")
@@ -38,6 +45,43 @@ def topic(prefix: str, train_id: str, device_id: int, leaf: str) -> str:
     return f"{prefix}/v1/{train_id}/{device_id}/{leaf}"
 
 
+class HeldTrainModel(TrainModel):
+    """The train model, plus what a disabled train does: it is held where it stands.
+
+    While held the train stands still with its engine off, and the fault that had it stopped
+    counts as dealt with (the simulator's stand-in for the inspection the maintenance flag
+    asks for): the fault's extra heat and vibration fade with the bearings' time constant, so
+    a train held for about five minutes is back under every default bearing level, and runs
+    healthy once released. Kept out of firmware/model.py, which the boards also run: the
+    boards have no use for it and every byte of theirs counts.
+    """
+
+    held = False
+
+    def hold(self) -> None:
+        """Stop the train where it stands (its board was disabled); its fault is over."""
+        self.held = True
+        self._fault = -1
+        self.fault = None
+
+    def release(self) -> None:
+        """Back in service (its board was enabled)."""
+        self.held = False
+
+    def step(self, dt_s: float) -> None:
+        """Advance by `dt_s`; a held train stays put, cools and loses its fault's effects."""
+        if self.held:
+            self.speed, self._phase, self._phase_left = 0.0, _STOP, _DWELL_AFTER_HOLD_S
+        super().step(dt_s)
+        if self.held:  # engine off: the coolant falls towards ambient as well
+            a = dt_s / (_ENGINE_TAU_S + dt_s)
+            self.engine += (self.ambient - _ENGINE_HOT) * a
+        if self._fault < 0:
+            a = dt_s / (_BEARING_TAU_S + dt_s)
+            self._extra_left -= self._extra_left * a
+            self._vibration_factor -= (self._vibration_factor - 1) * a
+
+
 class SimDevice:
     """A device in the fast simulator; `reading()` advances its model by one sample."""
 
@@ -50,7 +94,7 @@ class SimDevice:
         self.reply_topic = topic(prefix, spec.train_id, spec.device_id, "reply")
         self.enabled = True
         self._step_s = step_s  # simulated seconds between two readings
-        self._model = TrainModel(spec.seed, spec.fault, spec.fault_start_s)
+        self._model = HeldTrainModel(spec.seed, spec.fault, spec.fault_start_s)
         self._rng = random.Random(spec.seed)
         self._skew_at = spec.scenarios.get("clock_skew")
         self._malformed_at = spec.scenarios.get("malformed_frames")
@@ -93,6 +137,14 @@ class SimDevice:
             broken = malformed_frame(frame, self.seq // MALFORMED_EVERY, self._rng)
         return frame, broken
 
+    def rest(self) -> None:
+        """One sample period of a disabled device: no reading, but time goes on (it cools)."""
+        self._model.step(self._step_s)
+
+    def channel(self, name: str) -> float | None:
+        """A channel's value now, in its unit (for tests and the demo's story)."""
+        return self._model.values().get(name)
+
     def status(self, state: str | None = None) -> bytes:
         """The retained status JSON; `state` defaults to online or disabled."""
         return json.dumps(
@@ -128,6 +180,10 @@ class SimDevice:
             changed = True
         elif error is None and op in ("disable", "enable") and self.enabled != (op == "enable"):
             self.enabled, changed = op == "enable", True
+            if self.enabled:
+                self._model.release()
+            else:
+                self._model.hold()
         reply: dict[str, object] = {
             "id": request_id,
             "ok": error is None,

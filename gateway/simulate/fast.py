@@ -227,13 +227,15 @@ class FastFleet(SimulatedFleet):
             await asyncio.sleep(max(0.0, delay))
             now_ms = time.time_ns() // 1_000_000
             for device in groups[k % slices]:
-                if device.enabled:
-                    frame, broken = device.reading(now_ms)
-                    connection = self._connection_of[device.device_id]
-                    connection.send(device.telemetry_topic, frame, reading=True)
-                    if broken is not None:
-                        connection.send(device.telemetry_topic, broken)
-                        self.stats.malformed += 1
+                if not device.enabled:
+                    device.rest()  # held: it sends nothing, and cools
+                    continue
+                frame, broken = device.reading(now_ms)
+                connection = self._connection_of[device.device_id]
+                connection.send(device.telemetry_topic, frame, reading=True)
+                if broken is not None:
+                    connection.send(device.telemetry_topic, broken)
+                    self.stats.malformed += 1
             while self._pending() > self._max_pending:
                 await asyncio.sleep(0.005)
 

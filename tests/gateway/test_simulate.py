@@ -98,3 +98,34 @@ def test_commands_behave_as_the_firmware() -> None:
     reply, changed = device.command(b'{"id": "r4", "op": "reboot"}')
     assert changed and device.seq == 0 and json.loads(reply)["ok"]
     assert device.command(b'{"id": "r5", "op": "enable"}')[1] is True and device.enabled
+
+
+def test_a_disabled_train_stands_cools_and_runs_healthy_once_enabled() -> None:
+    """The demo's story: T104's seized bearing flags and disables it; held, it cools under
+    every default bearing level within about five minutes; enabled, it stays cool."""
+    spec = fleet_spec(trains=1, faults=(FaultAssignment.parse("T101:bearing_overheat_sudden@0"),))
+    device = SimDevice(spec.devices()[0], "trackside", step_s=1.0)
+
+    def over_ambient() -> tuple[float, float]:
+        left, right, ambient = (
+            device.channel(c) for c in ("bearing_left_temp", "bearing_right_temp", "ambient_temp")
+        )
+        assert left is not None and right is not None and ambient is not None
+        return left - ambient, left - right
+
+    for _ in range(60):
+        device.reading(0)
+    assert over_ambient()[0] > 111  # past bearing_critical
+    device.command(b'{"id": "d", "op": "disable"}')
+    for _ in range(300):
+        device.rest()
+    relative, difference = over_ambient()
+    # under every default bearing level (94 over ambient, 53 between the pair): after a clear,
+    # from fresh rule state, nothing fires again
+    assert relative < 94 and difference < 53
+    assert device.channel("speed") == 0.0
+    device.command(b'{"id": "e", "op": "enable"}')
+    for _ in range(900):
+        device.reading(0)
+    relative, difference = over_ambient()
+    assert relative < 60 and difference < 30  # running again, and no fault heat comes back

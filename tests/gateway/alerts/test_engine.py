@@ -188,8 +188,8 @@ def test_a_disabled_device_is_silent_on_purpose_not_stale() -> None:
 
 def test_policy_flags_the_train_disables_it_and_a_clear_enables_it() -> None:
     engine = _engine({**HOT, "severity": "critical"}, disable_train=True)
-    out = _feed(engine, _series(L, [130, 100, 130]))  # fires twice; one flag, one disable
-    assert [a["state"] for a in out.alerts] == ["firing", "resolved", "firing"]
+    out = _feed(engine, _series(L, [130, 100, 130]))  # disabled after the first: no second
+    assert [a["state"] for a in out.alerts] == ["firing", "resolved"]
     assert out.maintenance == [
         {
             "train_id": "T1",
@@ -229,7 +229,113 @@ def test_ack_repeats_the_firing_event_with_who_and_when() -> None:
     (acked,) = engine.drain().alerts
     assert "acked by maria" in acked.pop("message")
     firing.pop("message")
-    assert acked == {**firing, "state": "acknowledged", "acked_by": "maria", "acked_at_ms": 5000}
+    assert acked == {
+        **firing,
+        "state": "acknowledged",
+        "acked_by": "maria",
+        "acked_at_ms": 5000,
+        "at_ms": 5000,  # the history shows the ack at its own time, not the alert's
+    }
+
+
+def _reading(engine: Engine, seq: int, seconds: float, value: float) -> None:
+    ts_ms = int(seconds * 1000)
+    engine.reading(Reading("T1", 7, 1, seq, ts_ms, {L: value}), ts_ms)
+
+
+def test_a_disabled_train_keeps_no_rule_pending_and_a_clear_starts_afresh() -> None:
+    """The README's story: flagged and disabled, cooled, cleared, enabled, and it stays so."""
+    slow = {**HOT, "name": "slow", "for": "5s", "flag": False}  # pending when the train stops
+    engine = _engine({**HOT, "severity": "critical"}, slow, disable_train=True)
+    _reading(engine, 0, 0, 130)
+    _reading(engine, 1, 1, 130)  # in flight after the disable: starts nothing new
+    out = engine.drain()
+    assert [(a["rule"], a["state"]) for a in out.alerts] == [("hot", "firing")]
+    assert [c["op"] for c in out.commands] == ["disable"]
+    assert engine.store.rule("T1", "slow", 7, L).state == "inactive"
+    engine.status("T1", 7, {"state": "disabled"}, 2_000)
+    engine.action({"action": "clear", "train_id": "T1", "by": "maria", "at_ms": 300_000})
+    out = engine.drain()
+    (resolved,) = out.alerts
+    assert (resolved["state"], resolved["cleared_by"], resolved["cleared_at_ms"]) == (
+        "resolved",
+        "maria",
+        300_000,
+    )
+    assert "cleared by maria" in resolved["message"]
+    assert [c["op"] for c in out.commands] == ["enable"]
+    engine.status("T1", 7, {"state": "online"}, 301_000)
+    for seq, seconds in enumerate(range(302, 320), start=2):
+        _reading(engine, seq, seconds, 40)  # it cooled while it stood: enabled, and stays so
+    assert not engine.drain()
+
+
+def test_a_condition_still_there_after_the_clear_fires_again_linked_to_it() -> None:
+    engine = _engine({**HOT, "for": "5s", "severity": "critical"}, disable_train=True)
+    for seq in range(6):
+        _reading(engine, seq, seq, 130)
+    engine.drain()
+    engine.action({"action": "clear", "train_id": "T1", "by": "maria", "at_ms": 10_000})
+    engine.drain()
+    for seq, seconds in enumerate(range(11, 17), start=6):
+        _reading(engine, seq, seconds, 130)
+    (again,) = engine.drain().alerts
+    # from fresh rule state: `for` counted from the first reading after the clear
+    assert (again["state"], again["ts_ms"], again["since_ms"]) == ("firing", 16_000, 11_000)
+    assert again["after_clear_ms"] == 10_000
+    assert "again after the clear by maria" in again["message"]
+
+
+def test_a_disabled_device_keeps_no_rule_pending() -> None:
+    engine = _engine({**HOT, "for": "5s"})
+    _reading(engine, 0, 0, 130)
+    assert engine.store.rule("T1", "hot", 7, L).state == "pending"
+    engine.status("T1", 7, {"state": "disabled"}, 1_000)
+    assert engine.store.rule("T1", "hot", 7, L).state == "inactive"
+    _reading(engine, 1, 2, 130)  # still in flight
+    engine.status("T1", 7, {"state": "online"}, 100_000)
+    _reading(engine, 2, 100, 130)
+    assert not engine.drain().alerts  # pending since 100 s, not since 0 s
+    _reading(engine, 3, 105, 130)
+    assert [a["since_ms"] for a in engine.drain().alerts] == [100_000]
+
+
+TWO_RULES = ({**HOT, "flag": False}, {**HOT, "name": "hotter", "above": 125, "flag": False})
+# (case, policy, readings of the left bearing at 0, 1, 2... s, escalated per firing event)
+ESCALATION: list[tuple[str, dict[str, Any], list[float], list[bool]]] = [
+    ("no policy: never", {}, [130, 100, 130], [False, False, False, False]),
+    ("one burst of two rules is one alarm", {"escalate_within": "1h"}, [130], [False, False]),
+    (
+        "a second alarm within the window",
+        {"escalate_within": "1h"},
+        [130, 100, 122],
+        [False, False, True],
+    ),
+    (
+        "a second alarm after the window",
+        {"escalate_within": "1s"},
+        [130, 100, 100, 122],
+        [False, False, False],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "left", "escalated"), [c[1:] for c in ESCALATION], ids=[c[0] for c in ESCALATION]
+)
+def test_escalation(policy: dict[str, Any], left: list[float], escalated: list[bool]) -> None:
+    engine = _engine(*TWO_RULES, **policy)
+    firing = [a for a in _feed(engine, _series(L, left)).alerts if a["state"] == "firing"]
+    assert [a["escalated"] for a in firing] == escalated
+    assert [a["severity"] for a in firing] == ["critical" if e else "warning" for e in escalated]
+
+
+def test_an_escalated_alarm_flags_and_disables_the_train() -> None:
+    engine = _engine(*TWO_RULES, escalate_within="30m", disable_train=True)
+    out = _feed(engine, _series(L, [130, 100, 122]))
+    assert [m["reason"] for m in out.maintenance] == ["T1/hot/7/bearing_left_temp"]
+    assert [c["op"] for c in out.commands] == ["disable"]
+    assert "escalated: second alarm of T1 within 1800 s" in out.alerts[-1]["message"]
 
 
 def test_restored_state_continues_where_it_stopped() -> None:

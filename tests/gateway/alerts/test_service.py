@@ -299,10 +299,16 @@ def test_policy_disables_a_flagged_train_and_a_clear_enables_it(
         assert (cleared["flagged"], cleared["by"], cleared["disabled"]) == (False, "maria", False)
         enable = commands.wait(lambda r: len(r) == 2)[1]
         assert (enable["train_id"], enable["op"]) == ("T9", "enable")
+        resolved = alerts.wait(lambda r: len(r) == 3)[2]  # the clear ends the train's alerts
+        assert (resolved["key"], resolved["state"], resolved["cleared_by"]) == (
+            firing["key"],
+            "resolved",
+            "maria",
+        )
 
         send(topics.device_status, "T9/7", {"state": "offline"})  # the last will
         send(topics.telemetry, "T9", b"garbage is skipped, not fatal")
-        stale = alerts.wait(lambda r: len(r) == 3)[2]
+        stale = alerts.wait(lambda r: len(r) == 4)[3]
         assert (stale["key"], stale["state"]) == ("T9/stale/7/readings", "firing")
         assert runner.is_alive()
     finally:
