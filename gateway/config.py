@@ -17,11 +17,13 @@ from bridge.config import (
     checked,
     load_yaml_model,
 )
+from gateway.alertmanager import DEFAULT_NOTIFICATIONS, DEFAULT_PORT
 from gateway.alerts.config import ServiceConfig
 from gateway.broker import BrokerSettings
 from gateway.dashboard.config import DashboardConfig
 
 __all__ = [
+    "AlertmanagerRun",
     "EmbeddedBroker",
     "GatewayConfig",
     "HttpSettings",
@@ -45,6 +47,24 @@ class HttpSettings(BaseModel):
     token: SecretStr | None = Field(
         None, description="Bearer token required by pause/resume; reads are open."
     )
+
+
+class AlertmanagerRun(BaseModel):
+    """Debian's Alertmanager, run by the gateway for the alert service's notifications."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="on 127.0.0.1")
+    notifications: Path = Field(
+        DEFAULT_NOTIFICATIONS, description="the notification file alertmanager.yml is made from"
+    )
+    state_dir: Path = Field(
+        Path("alertmanager"), description="silences and notification log, kept across restarts"
+    )
+
+    @property
+    def url(self) -> str:
+        """Its web API, for the alert service and the dashboard's maintenance windows."""
+        return f"http://127.0.0.1:{self.port}"
 
 
 def default_connectors(bootstrap_servers: str = "127.0.0.1:9092") -> tuple[ConnectorConfig, ...]:
@@ -84,6 +104,9 @@ class GatewayConfig(BaseModel):
     http: HttpSettings = HttpSettings()
     alerts: ServiceConfig | None = Field(None, description="Run the alert service here too.")
     dashboard: DashboardConfig | None = Field(None, description="Serve the dashboard here too.")
+    alertmanager: AlertmanagerRun | None = Field(
+        None, description="Run Alertmanager here too; the alert service posts to it."
+    )
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -113,12 +136,21 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     dashboard = config.dashboard
     if dashboard is not None:
         dashboard = dashboard.model_copy(update=_dashboard_paths(path, dashboard))
+    alertmanager = config.alertmanager
+    if alertmanager is not None:
+        alertmanager = alertmanager.model_copy(
+            update={
+                "notifications": path.parent / alertmanager.notifications,
+                "state_dir": path.parent / alertmanager.state_dir,
+            }
+        )
     return config.model_copy(
         update={
             "connectors": connectors,
             "broker": broker.model_copy(update=updates),
             "alerts": alerts,
             "dashboard": dashboard,
+            "alertmanager": alertmanager,
         }
     )
 

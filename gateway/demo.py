@@ -15,16 +15,27 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
+from aiohttp import web
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 
 from bridge.config import SpoolConfig
 from gateway import GatewayError
 from gateway.alerts.config import DEFAULT_RULES, KafkaSettings, ServiceConfig
-from gateway.config import EmbeddedBroker, GatewayConfig, HttpSettings, default_connectors
+from gateway.alerts.notify import FLAG_ALERT
+from gateway.config import (
+    AlertmanagerRun,
+    EmbeddedBroker,
+    GatewayConfig,
+    HttpSettings,
+    default_connectors,
+)
 from gateway.dashboard.config import DashboardConfig
 from gateway.localkafka import LocalKafka, cache_dir, free_port, resolve_jars, stop_pid
 from gateway.runtime import run_gateway
@@ -32,7 +43,15 @@ from gateway.simulate import BrokerAddress, FastFleet, FaultAssignment
 from gateway.simulate.fleet import fleet_spec
 from gateway.topics import Topics, ensure_topics
 
-__all__ = ["DEMO_FAULTS", "STOP_SIGNALS", "check_free", "demo_config", "run_demo"]
+__all__ = [
+    "DEMO_FAULTS",
+    "STOP_SIGNALS",
+    "NoticePrinter",
+    "check_free",
+    "demo_config",
+    "notice_line",
+    "run_demo",
+]
 
 # Two of the twenty trains develop faults: a bearing of T104 overheats suddenly half a minute
 # in (alerts, flag and `disable` within seconds); T113 loses coolant, so its engine creeps past
@@ -44,13 +63,30 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def demo_config(
-    home: Path, bootstrap_servers: str, mqtt_port: int, dashboard_port: int, token: str
+    home: Path,
+    bootstrap_servers: str,
+    mqtt_port: int,
+    dashboard_port: int,
+    token: str,
+    webhook_url: str,
 ) -> GatewayConfig:
-    """The gateway of the demo: everything on, the disable policy on, state under `home`."""
+    """The gateway of the demo: everything on, the disable policy on, state under `home`;
+    Alertmanager sends its notifications to `webhook_url` (the demo prints them)."""
     rules = yaml.safe_load(DEFAULT_RULES.read_text())
     rules["policy"]["disable_train"] = True
     rules_file = home / "rules.yaml"
     rules_file.write_text(yaml.safe_dump(rules, sort_keys=False))
+    notifications = {
+        "receivers": [{"name": "demo-terminal", "webhook": [webhook_url]}],
+        "default_receiver": "demo-terminal",
+        "group_wait": "5s",  # the built-in 30 s is long when someone is watching
+        "group_interval": "30s",
+    }
+    notifications_file = home / "notifications.yaml"
+    notifications_file.write_text(yaml.safe_dump(notifications, sort_keys=False))
+    alertmanager = AlertmanagerRun(
+        port=free_port(), notifications=notifications_file, state_dir=home / "alertmanager"
+    )
     connectors = tuple(
         c.model_copy(update={"spool": SpoolConfig(path=home / "spool" / c.name)})
         for c in default_connectors(bootstrap_servers)
@@ -63,8 +99,13 @@ def demo_config(
             kafka=KafkaSettings(bootstrap_servers=bootstrap_servers), rules_file=rules_file
         ),
         dashboard=DashboardConfig(
-            bootstrap_servers=bootstrap_servers, token=SecretStr(token), port=dashboard_port
+            bootstrap_servers=bootstrap_servers,
+            token=SecretStr(token),
+            port=dashboard_port,
+            rules_file=rules_file,
+            alertmanager_url=alertmanager.url,
         ),
+        alertmanager=alertmanager,
     )
 
 
@@ -99,9 +140,13 @@ async def _demo(console: Console, home: Path, mqtt_port: int, dashboard_port: in
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     token = secrets.token_urlsafe(12)
-    config = demo_config(home, kafka.bootstrap_servers, mqtt_port, dashboard_port, token)
+    notices = NoticePrinter(console)
     proc: subprocess.Popen[bytes] | None = None
     try:
+        webhook_url = await notices.start()
+        config = demo_config(
+            home, kafka.bootstrap_servers, mqtt_port, dashboard_port, token, webhook_url
+        )
         with console.status(f"Starting Kafka on {kafka.bootstrap_servers}..."):
             # Its own session: a Ctrl-C in the terminal must not stop Kafka before the gateway
             # has drained into it; the demo stops Kafka last.
@@ -138,6 +183,7 @@ async def _demo(console: Console, home: Path, mqtt_port: int, dashboard_port: in
         await gateway
     finally:
         stop.set()
+        await notices.stop()
         # After a SIGHUP the terminal is gone and writing to it fails: Kafka stops regardless.
         if proc is not None:
             with contextlib.suppress(OSError):
@@ -145,6 +191,47 @@ async def _demo(console: Console, home: Path, mqtt_port: int, dashboard_port: in
             await asyncio.to_thread(stop_pid, proc.pid)
             with contextlib.suppress(ChildProcessError):
                 proc.wait(5)
+
+
+class NoticePrinter:
+    """A webhook receiver for Alertmanager that prints one line per notification: a train
+    flagged or cleared, or an alert that flags nothing (each as Alertmanager grouped it)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        """Listen on a free loopback port; the URL Alertmanager posts to."""
+        app = web.Application()
+        app.router.add_post("/notify", self._notify)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}/notify"
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _notify(self, request: web.Request) -> web.Response:
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            self.console.print(notice_line(await request.json()))
+        return web.Response(text="ok")
+
+
+def notice_line(notification: dict[str, Any]) -> str:
+    """One line for an Alertmanager webhook notification: the train's flag first."""
+    status = str(notification.get("status", ""))
+    alerts = [a for a in notification.get("alerts", []) if a.get("status") == status]
+    alerts.sort(key=lambda a: a.get("labels", {}).get("alertname") != FLAG_ALERT)
+    first = alerts[0]["annotations"].get("summary", "") if alerts else ""
+    more = f" (and {len(alerts) - 1} more {status})" if len(alerts) > 1 else ""
+    colour = "red" if status == "firing" else "green"
+    clock = time.strftime("%H:%M:%S")
+    return f"{clock} [{colour}]notification[/] {escape(first)}{more}"
 
 
 def run_demo(console: Console, mqtt_port: int, dashboard_port: int) -> None:

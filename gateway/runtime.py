@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -23,14 +24,17 @@ from aiohttp import web
 from bridge.config import ConnectorConfig
 from bridge.connector import Connector, tune_gc_for_streaming
 from gateway import GatewayError
-from gateway.alerts.config import ServiceConfig
+from gateway.alertmanager import LocalAlertmanager, load_notifications
+from gateway.alerts.config import AlertmanagerSettings, ServiceConfig
 from gateway.alerts.rules import load_rules
 from gateway.alerts.service import AlertService
 from gateway.broker import DurableBroker, publish_check
-from gateway.config import GatewayConfig
+from gateway.config import AlertmanagerRun, GatewayConfig
+from gateway.dashboard.config import DashboardConfig
 from gateway.dashboard.server import create_app, tls_context
 from gateway.http_api import make_app
 from gateway.intake import BrokerIntake
+from gateway.localkafka import stop_pid
 from gateway.supervise import Supervisor
 
 __all__ = ["run_gateway"]
@@ -92,12 +96,9 @@ async def run_gateway(
             # Listening only now: no device is acknowledged before its connector runs.
             await broker.start()
             on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
-        workers: dict[str, Supervisor] = {}
-        if config.alerts is not None:
-            workers["alerts"] = await services.enter_async_context(_alert_service(config.alerts))
-            on_ready("alert service running")
-        if config.dashboard is not None:
-            dashboard = config.dashboard
+        workers = await _start_alerting(config, services, on_ready)
+        dashboard = _dashboard_config(config)
+        if dashboard is not None:
             await services.enter_async_context(
                 _site(create_app(dashboard), dashboard.host, dashboard.port, tls_context(dashboard))
             )
@@ -113,6 +114,41 @@ async def run_gateway(
     log.info("gateway stopped")
     if failures:
         raise GatewayError("; ".join(failures))
+
+
+async def _start_alerting(
+    config: GatewayConfig,
+    services: contextlib.AsyncExitStack,
+    on_ready: Callable[[str], None],
+) -> dict[str, Supervisor]:
+    """Alertmanager, when configured (the alert service posts to it unless its own
+    `alertmanager.url` says otherwise), then the alert service; its supervisor by name."""
+    workers: dict[str, Supervisor] = {}
+    alerts = config.alerts
+    if config.alertmanager is not None:
+        url = await services.enter_async_context(_alertmanager(config.alertmanager))
+        on_ready(f"Alertmanager on {url}")
+        if alerts is not None and alerts.alertmanager is None:
+            settings = AlertmanagerSettings.model_validate({"url": url})
+            alerts = alerts.model_copy(update={"alertmanager": settings})
+    if alerts is not None:
+        workers["alerts"] = await services.enter_async_context(_alert_service(alerts))
+        on_ready("alert service running")
+    return workers
+
+
+def _dashboard_config(config: GatewayConfig) -> DashboardConfig | None:
+    """The dashboard's settings, with what it shares with the rest of `config` filled in:
+    the gateway's Alertmanager (maintenance windows) and the alert service's rule file."""
+    dashboard = config.dashboard
+    if dashboard is None:
+        return None
+    updates: dict[str, object] = {}
+    if dashboard.alertmanager_url is None and config.alertmanager is not None:
+        updates["alertmanager_url"] = config.alertmanager.url
+    if "rules_file" not in dashboard.model_fields_set and config.alerts is not None:
+        updates["rules_file"] = config.alerts.rules_file
+    return dashboard.model_copy(update=updates)
 
 
 async def _until_stopped_or_failed(
@@ -157,6 +193,24 @@ async def _site(
         yield
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _alertmanager(settings: AlertmanagerRun) -> AsyncIterator[str]:
+    """Debian's Alertmanager as a child that dies with the gateway (even by SIGKILL); yields
+    its URL once ready. Its silences live in `state_dir` across restarts."""
+    notifications = load_notifications(settings.notifications)
+    local = LocalAlertmanager(settings.state_dir.resolve(), settings.port, notifications)
+    # Started from the event loop's thread: the parent-death signal follows the thread.
+    proc = local.spawn(die_with_parent=True)
+    try:
+        await asyncio.to_thread(local.wait_ready, 30.0, proc)
+        yield local.url
+    finally:
+        log.info("stopping Alertmanager")
+        await asyncio.to_thread(stop_pid, proc.pid, 10.0)
+        with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
+            proc.wait(5)
 
 
 @contextlib.asynccontextmanager

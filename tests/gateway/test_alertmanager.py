@@ -52,7 +52,7 @@ def test_the_default_file_loads_and_groups_by_train() -> None:
     written = alertmanager_config(config)
     assert written["route"]["group_by"] == ["train"]
     assert written["route"]["receiver"] == config.default_receiver
-    assert len(written["inhibit_rules"]) == 2
+    assert len(written["inhibit_rules"]) == 3
 
 
 def test_receivers_routes_smtp_and_durations_are_written(tmp_path: Path) -> None:
@@ -92,7 +92,9 @@ def test_receivers_routes_smtp_and_durations_are_written(tmp_path: Path) -> None
     ]
 
 
-def test_inhibition_critical_over_warning_and_offline_over_sensors(tmp_path: Path) -> None:
+def test_inhibition_critical_over_warning_offline_over_sensors_and_the_flag(
+    tmp_path: Path,
+) -> None:
     written = alertmanager_config(_load(tmp_path, FULL))
     assert written["inhibit_rules"] == [
         {
@@ -105,8 +107,16 @@ def test_inhibition_critical_over_warning_and_offline_over_sensors(tmp_path: Pat
             "target_matchers": ['kind!="stale"'],
             "equal": ["train", "device"],
         },
+        {
+            "source_matchers": ['alertname="train_flagged"'],
+            "target_matchers": ['flags="true"'],
+            "equal": ["train"],
+        },
     ]
-    off = FULL + "inhibit: {critical_over_warning: false, offline_over_sensors: false}\n"
+    off = FULL + (
+        "inhibit: {critical_over_warning: false, offline_over_sensors: false, "
+        "flagged_over_its_alerts: false}\n"
+    )
     assert "inhibit_rules" not in alertmanager_config(_load(tmp_path, off))
 
 

@@ -188,9 +188,10 @@ def _reading(train: str, seq: int, ts_ms: int, left: float) -> bytes:
 class Fleet:
     """Sends readings of trains to the telemetry topic."""
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+    def __init__(self, bootstrap_servers: str, topics: Topics) -> None:
         self.producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 0})
-        self.topic = topic
+        self.topic = topics.telemetry
+        self.actions_topic = topics.operator_actions
         self.seq = 0
 
     def send(self, train: str, left: float, ago_ms: int = 0) -> None:
@@ -209,6 +210,11 @@ class Fleet:
     def clear(self, train: str) -> None:
         """Bearings back near ambient: every bearing rule resolves."""
         self.send(train, 30.0)
+
+    def action(self, action: dict[str, Any]) -> None:
+        """An operator action, as the dashboard writes it."""
+        self.producer.produce(self.actions_topic, json.dumps(action).encode(), action["train_id"])
+        assert self.producer.flush(10) == 0
 
 
 @contextmanager
@@ -241,6 +247,12 @@ def _without_stale(rules: RuleSet) -> RuleSet:
     return rules.model_copy(update={"rules": tuple(r for r in rules.rules if r.kind != "stale")})
 
 
+def _never_flagging(rules: RuleSet) -> RuleSet:
+    """`rules` with no rule flagging its train: each alert is told on its own."""
+    unflagged = tuple(r.model_copy(update={"flag": False}) for r in rules.rules)
+    return rules.model_copy(update={"rules": unflagged})
+
+
 def _of(posts: list[dict[str, Any]], train: str, status: str) -> list[dict[str, Any]]:
     return [p for p in posts if p["groupLabels"].get("train") == train and p["status"] == status]
 
@@ -254,7 +266,8 @@ def test_one_bearing_fault_is_one_notification_and_one_email_then_one_resolved(
     mail_sink: MailSink,
 ) -> None:
     manager = alertmanager_factory(_notifications(webhook_sink, mail_sink)).start()
-    fleet = Fleet(kafka.bootstrap_servers, Topics.with_prefix(unique_topic).telemetry)
+    topics = Topics.with_prefix(unique_topic)
+    fleet = Fleet(kafka.bootstrap_servers, topics)
     rules = _without_stale(load_rules(DEFAULT_RULES))
     with _alert_service(kafka, unique_topic, manager.url, rules) as service:
         started = time.monotonic()
@@ -262,7 +275,8 @@ def test_one_bearing_fault_is_one_notification_and_one_email_then_one_resolved(
         wait_until(lambda: _of(webhook_sink.received(), "T104", "firing"), 30, "the firing webhook")
         latency = time.monotonic() - started
         wait_until(lambda: len(mail_sink.messages) >= 1, 30, "the firing e-mail")
-        fleet.clear("T104")
+        fleet.clear("T104")  # the bearing cools: its alerts resolve, the train stays flagged
+        fleet.action({"action": "clear", "train_id": "T104", "by": "maria", "at_ms": 1})
         wait_until(
             lambda: _of(webhook_sink.received(), "T104", "resolved"), 30, "the resolved webhook"
         )
@@ -270,23 +284,63 @@ def test_one_bearing_fault_is_one_notification_and_one_email_then_one_resolved(
         assert service.notifier is not None and service.notifier.failed_posts == 0
     posts = webhook_sink.received()
     assert [p["status"] for p in posts] == ["firing", "resolved"], posts
-    firing = posts[0]
-    # Four bearing rules fired; the critical one mutes the two warnings on the same sensor,
-    # and all that is left arrives in one message for the train.
-    assert sorted(a["labels"]["rule"] for a in firing["alerts"]) == [
-        "bearing_critical",
-        "bearing_difference",
-    ]
-    critical = next(a for a in firing["alerts"] if a["labels"]["rule"] == "bearing_critical")
-    assert critical["labels"]["severity"] == "critical"
-    assert critical["annotations"]["value"] == "130 degC"
-    assert critical["annotations"]["threshold"] == "111 degC"
-    assert "T104 device 1: bearing_left_temp 130.0 degC" in critical["annotations"]["summary"]
+    # Four bearing rules fired and flagged the train: the flag's own alert mutes them (and the
+    # critical one the warnings), so one message for the train names what flagged it.
+    (flag,) = posts[0]["alerts"]
+    assert flag["labels"] == {
+        "alertname": "train_flagged",
+        "train": "T104",
+        "severity": "critical",
+        "kind": "maintenance",
+    }
+    summary = flag["annotations"]["summary"]
+    assert summary.startswith("T104: flagged for maintenance by T104/bearing_"), summary
+    # The clear ends the flag and the alerts it muted, in one message.
+    resolved = {a["labels"]["alertname"]: a for a in posts[1]["alerts"]}
+    assert {a["status"] for a in resolved.values()} == {"resolved"}
+    assert "cleared by maria" in resolved["train_flagged"]["annotations"]["summary"]
+    assert "bearing_critical" in resolved
     subjects = mail_sink.subjects()
     assert len(subjects) == 2, subjects
     assert "FIRING" in subjects[0] and "T104" in subjects[0], subjects
     assert "RESOLVED" in subjects[1], subjects
     print(f"fault reading -> webhook notification: {latency:.2f} s (group_wait 2 s)")
+
+
+def test_a_warning_that_does_not_flag_is_told_with_value_threshold_and_runbook(
+    kafka: KafkaService,
+    unique_topic: str,
+    alertmanager_factory: Callable[[NotificationConfig], AlertmanagerHandle],
+    webhook_sink: WebhookSink,
+    mail_sink: MailSink,
+) -> None:
+    manager = alertmanager_factory(_notifications(webhook_sink, mail_sink)).start()
+    fleet = Fleet(kafka.bootstrap_servers, Topics.with_prefix(unique_topic))
+    rules = RuleSet.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "bearing_warm",
+                    "kind": "threshold",
+                    "channels": ["bearing_left_temp"],
+                    "above": 100,
+                    "severity": "warning",
+                    "description": "left axle-box bearing warm",
+                    "runbook": "watch it; inspect at the next stop",
+                }
+            ]
+        }
+    )
+    with _alert_service(kafka, unique_topic, manager.url, rules):
+        fleet.send("T7", 120.0)
+        wait_until(lambda: _of(webhook_sink.received(), "T7", "firing"), 30, "the webhook")
+    (alert,) = webhook_sink.received()[0]["alerts"]
+    assert (alert["labels"]["rule"], alert["labels"]["severity"]) == ("bearing_warm", "warning")
+    assert "flags" not in alert["labels"]
+    assert alert["annotations"]["value"] == "120 degC"
+    assert alert["annotations"]["threshold"] == "100 degC"
+    assert alert["annotations"]["runbook"] == "watch it; inspect at the next stop"
+    assert alert["annotations"]["description"] == "left axle-box bearing warm"
 
 
 @pytest.mark.integration
@@ -298,7 +352,7 @@ def test_alertmanager_down_for_30_s_loses_no_notification(
     mail_sink: MailSink,
 ) -> None:
     manager = alertmanager_factory(_notifications(webhook_sink, mail_sink)).start()
-    fleet = Fleet(kafka.bootstrap_servers, Topics.with_prefix(unique_topic).telemetry)
+    fleet = Fleet(kafka.bootstrap_servers, Topics.with_prefix(unique_topic))
     rules = _without_stale(load_rules(DEFAULT_RULES))
     with _alert_service(kafka, unique_topic, manager.url, rules) as service:
         notifier = service.notifier
@@ -309,6 +363,7 @@ def test_alertmanager_down_for_30_s_loses_no_notification(
         manager.stop()
         down = time.monotonic()
         fleet.clear("T1")  # resolves while Alertmanager is away
+        fleet.action({"action": "clear", "train_id": "T1", "by": "maria", "at_ms": 1})
         fleet.bearing_fault("T2")  # fires while Alertmanager is away
         wait_until(lambda: notifier.up is False, 30, "the notifier noticing the outage")
         wait_until(lambda: time.monotonic() - down >= 30, 40, "30 s of outage")
@@ -320,6 +375,7 @@ def test_alertmanager_down_for_30_s_loses_no_notification(
         t2_after = time.monotonic() - back
         wait_until(lambda: _of(webhook_sink.received(), "T1", "resolved"), 60, "T1 resolved")
         fleet.clear("T2")
+        fleet.action({"action": "clear", "train_id": "T2", "by": "maria", "at_ms": 2})
         wait_until(lambda: _of(webhook_sink.received(), "T2", "resolved"), 30, "T2 resolved")
         assert notifier.up is True
     posts = webhook_sink.received()
@@ -339,8 +395,9 @@ def test_an_offline_device_mutes_its_sensor_alerts(
 ) -> None:
     manager = alertmanager_factory(_notifications(webhook_sink, mail_sink)).start()
     topics = Topics.with_prefix(unique_topic)
-    fleet = Fleet(kafka.bootstrap_servers, topics.telemetry)
-    with _alert_service(kafka, unique_topic, manager.url, load_rules(DEFAULT_RULES)):
+    fleet = Fleet(kafka.bootstrap_servers, topics)
+    rules = _never_flagging(load_rules(DEFAULT_RULES))
+    with _alert_service(kafka, unique_topic, manager.url, rules):
         fleet.bearing_fault("T9")
         wait_until(lambda: _of(webhook_sink.received(), "T9", "firing"), 30, "T9 firing")
         # The board's last will: the stale rule fires for device 1 of T9.
