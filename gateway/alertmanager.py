@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -95,12 +95,35 @@ class Receiver(_Frozen):
         return self
 
 
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+class TimeInterval(_Frozen):
+    """A recurring window (nightly depot hours): notifications of the routes that name it in
+    `mute_during` wait until it ends. `start` after `end` runs over midnight; `weekdays` then
+    applies to both parts (Monday 22:00-24:00 and Monday 00:00-05:00), as in Alertmanager."""
+
+    name: Name
+    start: str = Field(pattern=_CLOCK, description="HH:MM")
+    end: str = Field(pattern=_CLOCK, description="HH:MM")
+    weekdays: tuple[Weekday, ...] = ()  # none: every day
+    location: str = Field("Local", description="IANA time zone, e.g. Europe/Berlin")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TimeInterval:
+        if self.start == self.end:
+            raise ValueError("`start` and `end` are equal: the window would be empty")
+        return self
+
+
 class Route(_Frozen):
     """Alerts of these severities (and trains) go to `receiver` instead of the default."""
 
     receiver: Name
     severities: tuple[Severity, ...] = ()
     trains: tuple[TrainId, ...] = ()
+    mute_during: tuple[Name, ...] = ()  # time intervals in which this route tells nobody
     # Alertmanager's `continue`: true, the routes after this one are tried as well. The default
     # receiver only gets what no route took.
     try_next: bool = Field(False, alias="continue")
@@ -137,6 +160,24 @@ class NotificationConfig(_Frozen):
     repeat_interval: Duration = 4 * 3600.0
     resolve_timeout: Duration = 300.0
     inhibit: Inhibit = Inhibit()
+    time_intervals: tuple[TimeInterval, ...] = ()
+    # Time intervals in which the default receiver is not told (routes have their own).
+    mute_during: tuple[Name, ...] = ()
+
+    @model_validator(mode="after")
+    def _intervals_known(self) -> NotificationConfig:
+        names = [t.name for t in self.time_intervals]
+        uses = [("mute_during", self.mute_during)] + [
+            (f"routes[{i}].mute_during", r.mute_during) for i, r in enumerate(self.routes)
+        ]
+        for where, named in uses:
+            for name in named:
+                if name not in names:
+                    known = ", ".join(names) or "none"
+                    raise ValueError(
+                        f"{where}: no time interval is named {name!r}; time_intervals: {known}"
+                    )
+        return self
 
     # Field validators, so that a mistake is reported at its key; each sees the fields above it.
     @field_validator("receivers")
@@ -194,6 +235,21 @@ def _duration(seconds: float) -> str:
     return f"{ms}ms"
 
 
+def _time_interval(interval: TimeInterval) -> dict[str, Any]:
+    """Alertmanager's form: a window over midnight is two ranges (22:00-24:00, 00:00-05:00)."""
+    if interval.start < interval.end:
+        ranges = [{"start_time": interval.start, "end_time": interval.end}]
+    else:
+        ranges = [
+            {"start_time": interval.start, "end_time": "24:00"},
+            {"start_time": "00:00", "end_time": interval.end},
+        ]
+    spec: dict[str, Any] = {"times": ranges, "location": interval.location}
+    if interval.weekdays:
+        spec["weekdays"] = list(interval.weekdays)
+    return {"name": interval.name, "time_intervals": [spec]}
+
+
 def alertmanager_config(config: NotificationConfig) -> dict[str, Any]:
     """The `alertmanager.yml` content for `config` (a dict; `yaml.safe_dump` it)."""
     receivers: list[dict[str, Any]] = []
@@ -217,8 +273,15 @@ def alertmanager_config(config: NotificationConfig) -> dict[str, Any]:
             matchers.append(f'severity=~"{"|".join(route.severities)}"')
         if route.trains:
             matchers.append(f'train=~"{"|".join(route.trains)}"')
+        entry = {"receiver": route.receiver, "matchers": matchers, "continue": route.try_next}
+        if route.mute_during:
+            entry["mute_time_intervals"] = list(route.mute_during)
+        routes.append(entry)
+    if config.mute_during:
+        # Alertmanager mutes only on child routes: the default receiver gets a last, catch-all
+        # route of its own that carries the mute.
         routes.append(
-            {"receiver": route.receiver, "matchers": matchers, "continue": route.try_next}
+            {"receiver": config.default_receiver, "mute_time_intervals": list(config.mute_during)}
         )
     top: dict[str, Any] = {
         "receiver": config.default_receiver,
@@ -264,6 +327,8 @@ def alertmanager_config(config: NotificationConfig) -> dict[str, Any]:
         if config.smtp.password is not None:
             global_["smtp_auth_password"] = config.smtp.password.get_secret_value()
     result: dict[str, Any] = {"global": global_, "route": top, "receivers": receivers}
+    if config.time_intervals:
+        result["time_intervals"] = [_time_interval(t) for t in config.time_intervals]
     if inhibit:
         result["inhibit_rules"] = inhibit
     return result

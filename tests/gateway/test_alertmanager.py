@@ -34,10 +34,15 @@ receivers:
     send_resolved: false
 default_receiver: desk
 routes:
-  - {receiver: on-call, severities: [critical], trains: [T101, T102], continue: true}
+  - {receiver: on-call, severities: [critical], trains: [T101, T102], continue: true,
+     mute_during: [weekend]}
 smtp: {smarthost: "mail.example.org:587", from: trackside@example.org, username: ts, password: pw}
 group_wait: 1500ms
 group_interval: 2m
+time_intervals:
+  - {name: depot-nights, start: "22:00", end: "05:00", location: Europe/Berlin}
+  - {name: weekend, start: "00:00", end: "23:59", weekdays: [saturday, sunday]}
+mute_during: [depot-nights]
 """
 
 
@@ -76,7 +81,9 @@ def test_receivers_routes_smtp_and_durations_are_written(tmp_path: Path) -> None
                 "receiver": "on-call",
                 "matchers": ['severity=~"critical"', 'train=~"T101|T102"'],
                 "continue": True,
-            }
+                "mute_time_intervals": ["weekend"],
+            },
+            {"receiver": "desk", "mute_time_intervals": ["depot-nights"]},
         ],
     }
     assert written["receivers"] == [
@@ -90,6 +97,38 @@ def test_receivers_routes_smtp_and_durations_are_written(tmp_path: Path) -> None
             "email_configs": [{"to": "oncall@example.org", "send_resolved": False}],
         },
     ]
+
+
+def test_recurring_windows_become_time_intervals_and_mute_routes(tmp_path: Path) -> None:
+    written = alertmanager_config(_load(tmp_path, FULL))
+    assert written["time_intervals"] == [
+        {
+            "name": "depot-nights",
+            "time_intervals": [
+                {
+                    "times": [
+                        {"start_time": "22:00", "end_time": "24:00"},
+                        {"start_time": "00:00", "end_time": "05:00"},
+                    ],
+                    "location": "Europe/Berlin",
+                }
+            ],
+        },
+        {
+            "name": "weekend",
+            "time_intervals": [
+                {
+                    "times": [{"start_time": "00:00", "end_time": "23:59"}],
+                    "location": "Local",
+                    "weekdays": ["saturday", "sunday"],
+                }
+            ],
+        },
+    ]
+    on_call, default = written["route"]["routes"]
+    assert on_call["mute_time_intervals"] == ["weekend"]
+    # the root route cannot mute: the default receiver's mute is a last catch-all route
+    assert default == {"receiver": "desk", "mute_time_intervals": ["depot-nights"]}
 
 
 def test_inhibition_critical_over_warning_offline_over_sensors_and_the_flag(
@@ -144,6 +183,12 @@ def test_inhibition_critical_over_warning_offline_over_sensors_and_the_flag(
         ("receivers:\n  - name: x\ndefault_receiver: x\n", "receivers[0] (x): Value error, give"),
         ("receivers: []\ndefault_receiver: x\n", "receivers: Value error, give at least one"),
         (FULL.replace("name: on-call", "name: desk"), "receivers: Value error, receiver names"),
+        (
+            FULL.replace("mute_during: [weekend]", "mute_during: [weekends]"),
+            "routes[0].mute_during: no time interval is named 'weekends'",
+        ),
+        (FULL.replace('end: "05:00"', 'end: "22:00"'), "time_intervals[0] (depot-nights): Value"),
+        (FULL.replace('"22:00"', '"25:00"'), "time_intervals[0] (depot-nights).start"),
     ],
 )
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, where: str) -> None:
@@ -168,7 +213,9 @@ def test_amtool_accepts_the_written_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("labels", "receivers"),
     [
-        (["severity=critical", "train=T101"], "on-call"),  # `continue` tries the later routes
+        # `continue` tries the later routes: with a top-level `mute_during` the default
+        # receiver is the last route, so it is told as well
+        (["severity=critical", "train=T101"], "on-call,desk"),
         (["severity=warning", "train=T101"], "desk"),
         (["severity=critical", "train=T9"], "desk"),  # not of the train group
     ],
