@@ -22,23 +22,22 @@ def _root(n, k):
         x = y
 
 
-def _primes(n):
-    found = []
-    c = 2
-    while len(found) < n:
-        if all(c % q for q in found):
-            found.append(c)
-        c += 1
-    return found
-
-
 # SHA-512's constants are the fractional parts of the cube roots of the first 80 primes and
 # of the square roots of the first 8 (FIPS 180-4, 4.2.3 and 5.3.5): computed at import
-# rather than kept as an 88-entry table (smaller code; a few ms on the unix port).
-_PR = _primes(80)
-_K = [_root(p << 192, 3) & _M for p in _PR]
-_H = [_root(p << 128, 2) & _M for p in _PR[:8]]
-del _PR
+# rather than written out (smaller code; a few ms on the unix port), the 80 round constants
+# into 640 preallocated bytes (as a list of big ints they took 4 KB of heap, and a growing
+# list or bytes needed blocks a heap fragmented by the big-int arithmetic may not have).
+_K = bytearray(640)
+_H = []
+_p = 1
+for _i in range(80):
+    _p += 1
+    while not all(_p % q for q in range(2, _p)):
+        _p += 1
+    struct.pack_into(">Q", _K, _i * 8, _root(_p << 192, 3) & _M)
+    if _i < 8:
+        _H.append(_root(_p << 128, 2) & _M)
+del _i, _p
 
 
 def _rotr(x, n):
@@ -51,15 +50,15 @@ def sha512(data):
     n = len(data)
     data = bytes(data) + b"\x80" + bytes((111 - n) % 128) + (n * 8).to_bytes(16, "big")
     for i in range(0, len(data), 128):
-        w = list(struct.unpack(">16Q", data[i:i + 128]))
+        w = list(struct.unpack(">16Q", data[i:i + 128])) + [0] * 64  # one block, not grown
         for t in range(16, 80):
             a, b = w[t - 15], w[t - 2]
-            w.append((w[t - 16] + (_rotr(a, 1) ^ _rotr(a, 8) ^ a >> 7) + w[t - 7]
+            w[t] = ((w[t - 16] + (_rotr(a, 1) ^ _rotr(a, 8) ^ a >> 7) + w[t - 7]
                       + (_rotr(b, 19) ^ _rotr(b, 61) ^ b >> 6)) & _M)
         a, b, c, d, e, f, g, hh = h
         for t in range(80):
             t1 = (hh + (_rotr(e, 14) ^ _rotr(e, 18) ^ _rotr(e, 41))
-                  + (e & f ^ (e ^ _M) & g) + _K[t] + w[t])
+                  + (e & f ^ (e ^ _M) & g) + struct.unpack_from(">Q", _K, t * 8)[0] + w[t])
             t2 = (_rotr(a, 28) ^ _rotr(a, 34) ^ _rotr(a, 39)) + (a & b ^ a & c ^ b & c)
             hh, g, f, e, d, c, b, a = g, f, e, (d + t1) & _M, c, b, a, (t1 + t2) & _M
         h = [(x + y) & _M for x, y in zip(h, (a, b, c, d, e, f, g, hh))]

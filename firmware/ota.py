@@ -78,6 +78,7 @@ class Updater:
         self.tag = self.files = self.version = None  # its files and version
         self.slot = "b" if state.get("slot") == "a" else "a"  # the inactive one
         self.done = 0  # files checked on flash
+        self.bad = 0  # files that failed their check, this boot
         self.at = None  # (file, offset) asked for
         self._heard = time.ticks_ms()
 
@@ -113,7 +114,7 @@ class Updater:
                     offer = f.read()
             except OSError:
                 return
-            self.offer(offer)
+            self.received(offer)
         elif self.at is not None:
             self.ask()
 
@@ -126,12 +127,15 @@ class Updater:
         except (ValueError, AttributeError):
             return
         if op == "ota":
-            if rid != self.rid:  # the same offer again (the gateway retries): nothing new
+            if "m" not in cmd:  # the app got this short offer; the signed one comes when asked
+                if rid != self.rid:
+                    self.say(rid, 1, ',"ota":"ready"')
+                elif self.at is not None:
+                    self.ask()
+            elif rid != self.rid:  # not the offer being fetched (the gateway offers again)
                 with open(OFFER, "wb") as f:
                     f.write(payload)
-                self.offer(payload)
-            elif self.at is not None:
-                self.ask()
+                self.offer(cmd)
         elif op == "reboot":
             self.say(rid, 1, "")
             self.state["fails"] = 0  # out of safe mode: try the app again
@@ -142,8 +146,7 @@ class Updater:
             self.say(rid, 0, ',"error":"%s mode: only ota and reboot"'
                      % ("safe" if self.safe else "update"))
 
-    def offer(self, payload):
-        cmd = json.loads(payload)
+    def offer(self, cmd):
         rid = cmd.get("id")
         try:
             manifest = cmd["m"].encode()
@@ -179,6 +182,7 @@ class Updater:
         """Why this release may not be installed here; None if it may."""
         if not self.keys:
             return "no ota_key in trackside.json"
+        gc.collect()  # the offer's JSON: the check's big ints need the heap in few pieces
         import ed25519
 
         ok = 0
@@ -210,9 +214,12 @@ class Updater:
                 return self.ask()
             if have == size and _hash(path) == digest:
                 self.done += 1
-            else:  # longer, or not these bytes: fetched again
-                print("ota: %s failed its check, fetching it again" % name)
+            else:  # longer, or not these bytes: fetched again, unless it keeps failing
                 os.remove(path)
+                self.bad += 1
+                if self.bad > 3:
+                    self.leave("%s failed its SHA-256 check %d times" % (name, self.bad))
+                print("ota: %s failed its check, fetching it again" % name)
         self.switch()
 
     def ask(self):

@@ -40,6 +40,7 @@ COMMANDS = {
     "alerts": "alerts",
     "alertmanager": "alertmanager",
     "hardware": "hardware",
+    "ota": "ota",
 }
 
 
