@@ -26,6 +26,7 @@ from gateway.registry import Registry, RegistryError
 
 __all__ = [
     "CERT_WARN_DAYS",
+    "Backlog",
     "check_certificate",
     "check_config_file",
     "check_registry",
@@ -344,8 +345,8 @@ def check_spools(config: GatewayConfig, uid: int) -> list[CheckResult]:
 
 def _backlog_result(name: str, path: Path, backlog: Backlog, max_bytes: int) -> CheckResult:
     detail = (
-        f"{path}: writable; {_size(backlog.bytes)} in {backlog.segments} segment(s) wait for "
-        f"Kafka (max {_size(max_bytes)})"
+        f"{path}: writable; {_size(backlog.bytes)} wait for Kafka ({backlog.segments} "
+        f"segment file(s), spool.max_bytes {_size(max_bytes)})"
     )
     if backlog.quarantined:
         return warn(

@@ -1,49 +1,54 @@
 """`trackside doctor`'s checks of the running gateway: who runs it, whether its MQTT listeners
-answer (and serve the certificate on disk), and each connector's and worker's state as its
-HTTP control reports it."""
+listen (and still serve the certificate on disk), and each connector's and worker's state as
+its HTTP control reports it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
-import ssl
-import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from gateway.config import GatewayConfig
 from gateway.doctor.files import user_name
 from gateway.doctor.result import CheckResult, fail, ok, warn
 
-__all__ = ["check_connectors", "check_listeners", "gateway_user", "listener_uid"]
+__all__ = ["Socket", "check_connectors", "check_listeners", "gateway_user", "listening"]
 
-_ANY = ("", "0.0.0.0", "::")  # listening on every address: reach it on the loopback
+_LOCAL = ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost")  # in this machine's table
 _RESTART = "restart it: `sudo systemctl restart trackside` (or `trackside gateway run -c FILE`)"
 
 
-def _reach(host: str) -> str:
-    return "127.0.0.1" if host in _ANY else host
+@dataclass(frozen=True)
+class Socket:
+    """A listening TCP socket: its owner and its inode (which names it in /proc/PID/fd)."""
+
+    uid: int
+    inode: int
 
 
-def listener_uid(port: int) -> int | None:
-    """The user owning the socket that listens on TCP `port` on this machine (Linux's
-    /proc/net/tcp and tcp6, which any user may read), or None."""
+def listening() -> dict[int, Socket] | None:
+    """Port -> the socket listening on it, for every TCP port on this machine, from Linux's
+    /proc/net/tcp and tcp6 (any user may read them); None where there are none."""
+    found: dict[int, Socket] = {}
+    tables = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
+        tables += 1
         for row in rows:
+            # local address (hex ip:port), state (0A: LISTEN), ..., uid, timeout, inode
             fields = row.split()
-            # local address (hex ip:port), state (0A: LISTEN), uid
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return int(fields[7])
-    return None
+            if fields[3] == "0A":
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                found.setdefault(port, Socket(int(fields[7]), int(fields[9])))
+    return found if tables else None
 
 
 def gateway_user(config: GatewayConfig) -> tuple[int, CheckResult]:
@@ -53,9 +58,10 @@ def gateway_user(config: GatewayConfig) -> tuple[int, CheckResult]:
     broker = config.broker
     if broker.enabled:
         ports.append(broker.port if broker.plain or broker.tls is None else broker.tls.port)
+    sockets = listening() or {}
     for port in ports:
-        uid = listener_uid(port)
-        if uid is not None:
+        if port in sockets:
+            uid = sockets[port].uid
             detail = f"files checked as {user_name(uid)}, who listens on port {port}"
             return uid, ok("user", "gateway user", detail)
     uid = os.geteuid()
@@ -63,77 +69,101 @@ def gateway_user(config: GatewayConfig) -> tuple[int, CheckResult]:
     return uid, ok("user", "gateway user", detail)
 
 
-def _served_certificate(host: str, port: int, timeout: float) -> bytes:
-    context = ssl.create_default_context()
-    # Only to read what it serves: whether devices trust it is the certificate check's job.
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with (
-        socket.create_connection((host, port), timeout) as raw,
-        context.wrap_socket(raw) as tls,
-    ):
-        served = tls.getpeercert(binary_form=True)
-    if served is None:
-        raise ssl.SSLError("no certificate served")
-    return served
-
-
 def check_listeners(config: GatewayConfig, timeout: float) -> list[CheckResult]:
-    """The MQTT broker the connectors read from accepts connections: the embedded broker's
-    plain and TLS listeners (serving the certificate on disk), or Mosquitto's address."""
+    """The MQTT broker the connectors read from listens: the embedded broker's plain and TLS
+    ports (the TLS certificate not replaced since the start), or Mosquitto's address.
+
+    A port on this machine is looked up in the kernel's table of listening sockets rather
+    than connected to: amqtt logs an ERROR and a WARNING for every connection that sends no
+    CONNECT, and a CONNECT without a password would log a refused login, each run."""
     broker = config.broker
     if not broker.enabled:
         addresses = dict.fromkeys((c.mqtt.host, c.mqtt.port) for c in config.connectors)
-        return [_tcp(host, port, timeout, "mosquitto") for host, port in addresses]
+        return [_listens(host, port, timeout, "mosquitto") for host, port in addresses]
     results = []
     if broker.plain:
-        results.append(_tcp(broker.host, broker.port, timeout, "embedded"))
+        results.append(_listens(broker.host, broker.port, timeout, "embedded"))
     if broker.tls is not None:
-        results.append(_tls(broker.host, broker.tls.port, broker.tls.cert_file, timeout))
+        line = _listens(broker.host, broker.tls.port, timeout, "embedded, tls")
+        results.append(_replaced(line, broker.tls.port, broker.tls.cert_file))
     return results
 
 
-def _tcp(host: str, port: int, timeout: float, kind: str) -> CheckResult:
+def _listens(host: str, port: int, timeout: float, kind: str) -> CheckResult:
     name = f"mqtt broker {host}:{port}"
-    try:
-        socket.create_connection((_reach(host), port), timeout).close()
-    except OSError as exc:
-        fix = (
-            _RESTART
-            if kind == "embedded"
-            else "start Mosquitto (`sudo systemctl start mosquitto`) or correct the "
-            "connectors' mqtt.host and mqtt.port"
-        )
-        return fail(
-            "broker", name, f"not listening ({exc.strerror or exc}); devices cannot publish", fix
-        )
-    return ok("broker", name, f"listening ({kind})")
+    table = listening() if host in _LOCAL else None
+    if table is not None:
+        problem = None if port in table else "nothing listens on this port"
+    else:  # another machine's broker (Mosquitto elsewhere): connect (it logs the connection)
+        try:
+            socket.create_connection((host, port), timeout).close()
+            problem = None
+        except OSError as exc:
+            problem = f"no connection: {exc.strerror or exc}"
+    if problem is None:
+        return ok("broker", name, f"listening ({kind})")
+    fix = (
+        "start Mosquitto (`sudo systemctl start mosquitto`) or correct the connectors' "
+        "mqtt.host and mqtt.port"
+        if kind == "mosquitto"
+        else _RESTART
+    )
+    return fail("broker", name, f"{problem}; devices cannot publish", fix)
 
 
-def _tls(host: str, port: int, cert_file: Path, timeout: float) -> CheckResult:
-    name = f"mqtt broker {host}:{port} (tls)"
+def _started_at(port: int) -> float | None:
+    """When the process listening on `port` started (epoch seconds); None when this user may
+    not see which process that is (another user's, unless root)."""
+    sockets = listening() or {}
+    if port not in sockets:
+        return None
+    link = f"socket:[{sockets[port].inode}]"
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == link for fd in fd_dir.iterdir()):
+                return _process_start(fd_dir.parent)
+    return None
+
+
+def _process_start(proc: Path) -> float | None:
+    """A process's start in epoch seconds: its `starttime` (clock ticks after boot, the 22nd
+    field of /proc/PID/stat) plus the boot time (`btime` in /proc/stat)."""
     try:
-        served = _served_certificate(_reach(host), port, timeout)
-    except (OSError, ssl.SSLError) as exc:
-        return fail("broker", name, f"no TLS handshake: {exc}", _RESTART)
-    try:
-        on_disk = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    except (OSError, ValueError):
-        return ok("broker", name, "listening (tls); the certificate on disk is checked below")
-    if on_disk.public_bytes(serialization.Encoding.DER) != served:
-        served_until = x509.load_der_x509_certificate(served).not_valid_after_utc
-        return warn(
-            "broker",
-            name,
-            f"serves another certificate than {cert_file} (valid "
-            f"until {served_until:%Y-%m-%d}): it was replaced after the start",
-            f"{_RESTART}, so it serves the new one",
+        ticks = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
         )
-    return ok("broker", name, f"listening (tls), serving {cert_file}")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _replaced(line: CheckResult, port: int, cert_file: Path) -> CheckResult:
+    """A listening TLS port turns yellow when its certificate file is newer than the
+    process: the broker still serves the one it loaded at start."""
+    if line.status != "ok":
+        return line
+    started = _started_at(port)
+    try:
+        changed = cert_file.stat().st_mtime
+    except OSError:
+        return line  # the certificate line says what is wrong with the file
+    if started is None or changed <= started:
+        return line
+    return warn(
+        "broker",
+        line.name,
+        f"listening (embedded, tls), but {cert_file} changed after the gateway started: it "
+        "still serves the certificate it loaded then",
+        f"{_RESTART}, so it serves the new one",
+    )
 
 
 def _status(config: GatewayConfig, timeout: float) -> dict[str, Any]:
-    url = f"http://{_reach(config.http.host)}:{config.http.port}/status"
+    host = "127.0.0.1" if config.http.host in ("", "0.0.0.0", "::") else config.http.host
+    url = f"http://{host}:{config.http.port}/status"
     with urllib.request.urlopen(url, timeout=timeout) as answer:
         body: dict[str, Any] = json.loads(answer.read())
     return body

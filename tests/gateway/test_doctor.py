@@ -31,8 +31,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bridge.record import KafkaRecord
+from bridge.spool import Spool
 from gateway.certs import make_certificates
-from gateway.doctor.files import may_access
+from gateway.doctor.files import Backlog, may_access, spool_backlog
 from gateway.localkafka import free_port
 from gateway.registry import Registry
 from gateway.topics import Topics
@@ -295,8 +297,8 @@ def test_an_expiring_certificate_is_yellow_and_an_expired_one_red(gateway: Gatew
     assert "10 day(s) left" in warned["tls certificate"]["detail"]
     assert "trackside gateway certs" in warned["tls certificate"]["fix"]
     # The broker still serves the certificate it loaded at start.
-    (served,) = [name for name in warned if name.endswith("(tls)")]
-    assert "serves another certificate" in warned[served]["detail"]
+    (served,) = [name for name in warned if name.startswith("mqtt broker")]
+    assert "changed after the gateway started" in warned[served]["detail"]
     assert expired_status == 1
     assert "expired on" in lines(expired, "fail")["tls certificate"]["detail"]
 
@@ -338,6 +340,20 @@ def _judged_for(other: int, folder: Path) -> None:
     folder.chmod(0o700)  # a readable file in a folder the user may not enter
     assert not may_access(registry, other, os.R_OK)
     assert not may_access(folder, other, os.W_OK | os.X_OK)
+
+
+def test_the_spool_backlog_is_read_as_the_spool_counts_it(tmp_path: Path) -> None:
+    """The doctor reads a spool's folder without opening it as a Spool (a running gateway
+    writes there); what it counts agrees with the spool's own count."""
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=4096)
+    assert spool_backlog(tmp_path) == Backlog(0, 1, 0)
+    spool.append([KafkaRecord("t", b"T7", bytes(100), [("h", b"v")])] * 100)
+    assert spool_backlog(tmp_path).bytes == spool.used_bytes > 4096
+    spool.commit(spool.read(60)[1])  # Kafka took the first 60
+    assert spool_backlog(tmp_path).bytes == spool.used_bytes > 0
+    spool.commit(spool.read(1000)[1])
+    assert spool_backlog(tmp_path).bytes == spool.used_bytes == 0
+    spool.close()
 
 
 @pytest.fixture
