@@ -59,6 +59,8 @@ class DeviceUpdate:
     started: float = field(default_factory=time.monotonic)
     last_heard: float = 0.0
     last_offer: float = 0.0
+    fetch_started: float | None = None  # the first chunk request
+    switched: float | None = None  # the device said it switches slots
     ended: float | None = None
 
     @property
@@ -70,6 +72,13 @@ class DeviceUpdate:
     def seconds(self) -> float:
         """From the start to the verdict (or until now)."""
         return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def fetch_seconds(self) -> float | None:
+        """From the first chunk request to the switch: the transfer and its hash checks."""
+        if self.fetch_started is None or self.switched is None:
+            return None
+        return self.switched - self.fetch_started
 
 
 class Push:
@@ -194,9 +203,11 @@ class Push:
             self._client.publish(update.target.base + "cmd", self._signed, qos=1)
         elif step == "get":
             update.state = "fetching"
+            if update.fetch_started is None:
+                update.fetch_started = time.monotonic()
             self._serve(update, int(body["f"]), int(body["o"]), int(body["n"]))
         elif step == "switching":
-            update.state = "switching"
+            update.state, update.switched = "switching", time.monotonic()
         elif step in FINAL:
             self._end(update, step, str(body.get("why") or body.get("error") or ""))
 
