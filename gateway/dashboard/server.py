@@ -284,12 +284,14 @@ async def _set_window(request: web.Request) -> web.Response:
     train_id = request.match_info["train_id"]
     if request.app[FLEET].train(train_id) is None:
         raise web.HTTPNotFound(text=f"no train {train_id!r} has been seen")
-    body: Any = await request.json()
     try:
+        body: Any = await request.json()
         until_ms = parse_until(body.get("until"), int(time.time() * 1000))
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from exc
-    comment = str(body.get("comment") or "").strip()[:500]
+        comment = str(body.get("comment") or "").strip()[:500]
+    except (ValueError, AttributeError) as exc:
+        raise web.HTTPBadRequest(
+            text=f'send a JSON body {{"until": <ISO time or ms>, "comment": "..."}}: {exc}'
+        ) from exc
     try:
         window = await silences.create(train_id, until_ms, by, comment)
     except SilenceError as exc:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from gateway.alertmanager import NotificationConfig
 from gateway.localkafka import free_port
 from gateway.topics import Topics
+from tests.fixtures.alertmanager import AlertmanagerHandle, WebhookSink
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.processes import LOG_ROOT, ServiceError, ServiceProcess
 
@@ -39,6 +42,11 @@ class Dashboard:
         with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as response:
             return json.load(response)
 
+    def text(self, path: str) -> tuple[str, str]:
+        """GET a document as text: (content type, body)."""
+        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as response:
+            return response.headers.get_content_type(), response.read().decode()
+
     def post(self, path: str, body: Any, token: str | None) -> int:
         """POST JSON with an optional bearer token; the HTTP status."""
         headers = {"Content-Type": "application/json"}
@@ -58,16 +66,15 @@ def _create_topics(bootstrap: str, topics: Topics) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     names = [topics.telemetry, topics.device_status, topics.alerts, topics.operator_actions]
     new = [NewTopic(name, num_partitions=2) for name in names]
-    new.append(
-        NewTopic(topics.maintenance, num_partitions=1, config={"cleanup.policy": "compact"})
-    )
+    new.append(NewTopic(topics.maintenance, num_partitions=1, config={"cleanup.policy": "compact"}))
     for future in admin.create_topics(new, operation_timeout=30).values():
         future.result(timeout=60)
 
 
-@pytest.fixture
-def dashboard(kafka: KafkaService, tmp_path: Path) -> Iterator[Dashboard]:
-    """`trackside dashboard` on a free port, reading uuid-suffixed topics; stopped with SIGTERM."""
+@contextlib.contextmanager
+def _running(kafka: KafkaService, tmp_path: Path, options: list[str]) -> Iterator[Dashboard]:
+    """`trackside dashboard` with `options` on a free port, reading uuid-suffixed topics;
+    stopped with SIGTERM."""
     suffix = uuid.uuid4().hex[:8]
     topics = Topics(
         telemetry=f"test.telemetry.{suffix}",
@@ -84,6 +91,7 @@ def dashboard(kafka: KafkaService, tmp_path: Path) -> Iterator[Dashboard]:
     argv += ["--bootstrap-servers", kafka.bootstrap_servers, "--token-file", str(token_file)]
     for name in ("telemetry", "device_status", "alerts", "maintenance", "operator_actions"):
         argv += [f"--{name.replace('_', '-')}-topic", getattr(topics, name)]
+    argv += options
     log_file = LOG_ROOT / f"dashboard-{suffix}.log"
     service = ServiceProcess("dashboard", argv, "127.0.0.1", port, log_file)
     service.start(timeout=60)
@@ -101,3 +109,27 @@ def dashboard(kafka: KafkaService, tmp_path: Path) -> Iterator[Dashboard]:
     yield handle
     service.stop(timeout=30)
     assert "Traceback" not in service.tail(200), service.tail(200)
+
+
+@pytest.fixture
+def dashboard(kafka: KafkaService, tmp_path: Path) -> Iterator[Dashboard]:
+    """The dashboard without Alertmanager (no maintenance windows)."""
+    with _running(kafka, tmp_path, []) as handle:
+        yield handle
+
+
+@pytest.fixture
+def windowed_dashboard(
+    kafka: KafkaService,
+    tmp_path: Path,
+    alertmanager_factory: Callable[[NotificationConfig], AlertmanagerHandle],
+    webhook_sink: WebhookSink,
+) -> Iterator[tuple[Dashboard, AlertmanagerHandle]]:
+    """The dashboard with a real Alertmanager for maintenance windows (both stopped after)."""
+    receivers = [{"name": "desk", "webhook": [webhook_sink.url]}]
+    notifications = NotificationConfig.model_validate(
+        {"receivers": receivers, "default_receiver": "desk"}
+    )
+    manager = alertmanager_factory(notifications).start()
+    with _running(kafka, tmp_path, ["--alertmanager-url", manager.url]) as handle:
+        yield handle, manager

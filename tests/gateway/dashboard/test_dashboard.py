@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 from playwright.sync_api import Browser, Page, expect
 
 from tests.fixtures.processes import LOG_ROOT
+from tests.fixtures.waiting import wait_until
 from tests.gateway.dashboard.conftest import Dashboard
 from tests.gateway.dashboard.records import alert, flag, produce, read_actions, reading
 
@@ -185,21 +186,22 @@ def test_actions_need_the_token(dashboard: Dashboard) -> None:
     assert [a["by"] for _, a in actions] == ["operator"]
 
 
-def test_train_page_draws_sparklines_and_updates_live(dashboard: Dashboard, page: Page) -> None:
+def test_train_page_draws_charts_and_updates_live(dashboard: Dashboard, page: Page) -> None:
     start_ms = _fleet(dashboard, trains=1)
     page.goto(f"{dashboard.url}#/train/T101")
     channel = page.locator('.channel[data-channel="bearing_left_temp"]')
-    expect(channel.locator(".value")).to_have_text("59.7")
-    points = channel.locator("polyline").get_attribute("points") or ""
-    assert len(points.split()) == 60
+    expect(channel.locator(".value")).to_have_text("59.7 degC")
+    expect(channel.locator(".chart canvas")).to_have_count(1)
+    points = 'charts.get("bearing_left_temp").plot.data[1].length'
+    assert page.evaluate(points) == 60
 
     produce(
         dashboard.bootstrap_servers,
         dashboard.topics.telemetry,
         [("T101", reading("T101", 60, at_ms=start_ms, bearing_left_temp=71.5))],
     )
-    expect(channel.locator(".value")).to_have_text("71.5")
-    assert len((channel.locator("polyline").get_attribute("points") or "").split()) == 61
+    expect(channel.locator(".value")).to_have_text("71.5 degC")
+    wait_until(lambda: page.evaluate(points) == 61, 10, "the chart drew the new reading")
     page.screenshot(path=LOG_ROOT / "dashboard-train.png", full_page=True)
 
 
