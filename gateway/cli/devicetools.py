@@ -139,6 +139,9 @@ def deploy_app(
     board: str = typer.Option("esp32-devkitc", help="esp32-devkitc, pico-w or unix."),
     sample_ms: int = typer.Option(1000, metavar="MS", help="Milliseconds between readings."),
     compile_: bool = typer.Option(True, "--compile/--no-compile", help="Compile with mpy-cross."),
+    ota_key: Path | None = typer.Option(
+        None, metavar="FILE", help="The fleet's public release key (release.pub of `ota keygen`)."
+    ),
 ) -> None:
     """Copy the app and a per-device trackside.json to a board, verify, and reset it."""
     try:
@@ -160,6 +163,7 @@ def deploy_app(
                     "password": _secret(wifi_password_file, WIFI_PASSWORD_ENV),
                 },
                 "sample_ms": sample_ms,
+                "ota_key": _secret(ota_key, "TRACKSIDE_OTA_KEY"),
             }
         )
     except ValidationError as exc:

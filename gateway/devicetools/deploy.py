@@ -107,6 +107,9 @@ class DeviceConfig(BaseModel):
     broker: BrokerSettings
     wifi: WifiSettings = WifiSettings()
     sample_ms: int = Field(1000, ge=10)
+    ota_key: str = Field(
+        "", pattern=r"^([0-9a-f]{64})?$", description="The fleet's public release key (hex)."
+    )
 
     @model_validator(mode="after")
     def _wifi_on_hardware(self) -> DeviceConfig:
@@ -119,6 +122,8 @@ class DeviceConfig(BaseModel):
         document = self.model_dump(mode="json")
         document["broker"]["password"] = self.broker.password.get_secret_value()
         document["wifi"]["password"] = self.wifi.password.get_secret_value()
+        if not self.ota_key:
+            del document["ota_key"]  # no over-the-air updates for this device
         return json.dumps(document, separators=(",", ":")).encode()
 
 
@@ -263,7 +268,8 @@ def _progress_for(on_write: WriteProgress, target: str) -> Callable[[int, int], 
 
 
 def _prepare(transport: SerialTransport, files: Sequence[BoardFile]) -> None:
-    """Create the folders; remove the .py/.mpy twin of each file, which would shadow it."""
+    """Create the folders; remove the .py/.mpy twin of each file, which would shadow it, and
+    the over-the-air update state, so that the board boots the app deployed now (docs/ota.md)."""
     folders = sorted(
         {str(parent) for f in files for parent in PurePosixPath(f.target).parents} - {"."}
     )
@@ -271,7 +277,7 @@ def _prepare(transport: SerialTransport, files: Sequence[BoardFile]) -> None:
         str(PurePosixPath(f.target).with_suffix(".py" if f.target.endswith(".mpy") else ".mpy"))
         for f in files
         if f.target.endswith((".py", ".mpy"))
-    ]
+    ] + ["ota.json", "ota.offer"]
     transport.exec(
         "import os\n"
         f"for d in {folders!r}:\n try:\n  os.mkdir(d)\n except OSError:\n  pass\n"

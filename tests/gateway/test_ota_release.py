@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from gateway.cli import build_app
+from gateway.devicetools.deploy import BrokerSettings, DeviceConfig
 from gateway.ota import OtaError
 from gateway.ota.release import (
     ROOT_ONLY,
@@ -106,3 +108,13 @@ def test_cli_keygen_release_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "valid: 2.0.0 for pico-w" in checked.output
     manifest = read_release((tmp_path / "app-2.0.0-pico-w.tar").read_bytes()).manifest
     assert "board.json" in json.dumps(manifest)  # the pin map travels with the app
+
+
+def test_deploy_gives_the_board_the_public_key_and_checks_it() -> None:
+    broker = BrokerSettings(host="gw.local")
+    public_hex = KEY.public_key().public_bytes_raw().hex()
+    config = DeviceConfig(device_id=1, train_id="T1", board="unix", broker=broker,
+                          ota_key=public_hex)
+    assert json.loads(config.file_bytes())["ota_key"] == public_hex
+    with pytest.raises(ValidationError, match="ota_key"):
+        DeviceConfig(device_id=1, train_id="T1", board="unix", broker=broker, ota_key="abc")
