@@ -28,10 +28,15 @@ function chartLevels(channel, rules) {
 
 // uPlot's data: [times (s), values, one array per level]. A level relative to another channel
 // (ambient) follows that channel's value at the same reading; without it, it is not drawn.
+// A fixed level gets a point at each end of the time axis too (the reading there is null), so
+// its line crosses the whole chart, not only the span of the kept readings.
 function chartData(channel, train, levels) {
   const points = train.channels[channel] || [];
-  const times = points.map((p) => p[0] / 1000);
-  const rows = [times, points.map((p) => p[1])];
+  const now = Date.now() / 1000;
+  const first = points.length ? points[0][0] / 1000 : now;
+  const last = points.length ? points.at(-1)[0] / 1000 : now;
+  const times = [Math.min(now - chartRange, first) - 1, ...points.map((p) => p[0] / 1000), Math.max(now, last) + 1];
+  const rows = [times, [null, ...points.map((p) => p[1]), null]];
   for (const level of levels) {
     const base = level.rule.relative_to;
     if (!base) {
@@ -39,7 +44,7 @@ function chartData(channel, train, levels) {
       continue;
     }
     const byTime = new Map(train.channels[base] || []);
-    rows.push(points.map((p) => (byTime.has(p[0]) ? byTime.get(p[0]) + level.value : null)));
+    rows.push([null, ...points.map((p) => (byTime.has(p[0]) ? byTime.get(p[0]) + level.value : null)), null]);
   }
   return rows;
 }

@@ -192,8 +192,9 @@ def test_train_page_draws_charts_and_updates_live(dashboard: Dashboard, page: Pa
     channel = page.locator('.channel[data-channel="bearing_left_temp"]')
     expect(channel.locator(".value")).to_have_text("59.7 degC")
     expect(channel.locator(".chart canvas")).to_have_count(1)
+    # The readings and the two ends of the time axis.
     points = 'charts.get("bearing_left_temp").plot.data[1].length'
-    assert page.evaluate(points) == 60
+    assert page.evaluate(points) == 62
 
     produce(
         dashboard.bootstrap_servers,
@@ -201,7 +202,7 @@ def test_train_page_draws_charts_and_updates_live(dashboard: Dashboard, page: Pa
         [("T101", reading("T101", 60, at_ms=start_ms, bearing_left_temp=71.5))],
     )
     expect(channel.locator(".value")).to_have_text("71.5 degC")
-    wait_until(lambda: page.evaluate(points) == 61, 10, "the chart drew the new reading")
+    wait_until(lambda: page.evaluate(points) == 63, 10, "the chart drew the new reading")
     page.screenshot(path=LOG_ROOT / "dashboard-train.png", full_page=True)
 
 

@@ -222,11 +222,12 @@ def test_train_chart_draws_rule_levels_and_alert_marks(dashboard: Dashboard, pag
     assert "bearing_hot_absolute above 120" in drawn["labels"]
     assert "bearing_hot_absolute clears at 105" in drawn["labels"]
     assert set(drawn["level"]) == {120}
-    assert drawn["rows"][0] == 60
+    assert drawn["rows"][0] == 62  # 60 readings and the two ends of the time axis
     assert {"bearing_hot_absolute start", "bearing_hot_absolute ack"} <= set(drawn["marks"])
     assert abs(drawn["span"] - 3600) < 5  # the last hour by default
     # Relative to ambient: no line on a train without ambient_temp readings.
     assert "bearing_critical above 111 over ambient_temp" in drawn["empty"]
+    assert drawn["labels"][1] not in drawn["empty"]
 
     produce(
         dashboard.bootstrap_servers,
@@ -237,11 +238,12 @@ def test_train_chart_draws_rule_levels_and_alert_marks(dashboard: Dashboard, pag
         "71.5 degC"
     )
     wait_until(
-        lambda: page.evaluate('charts.get("bearing_left_temp").plot.data[0].length') == 61,
+        lambda: page.evaluate('charts.get("bearing_left_temp").plot.data[0].length') == 63,
         10,
         "the chart got the new reading",
     )
     assert page.evaluate('charts.get("bearing_left_temp").element.isConnected')
+    page.screenshot(path=LOG_ROOT / "dashboard-train-chart.png", full_page=True)
 
 
 @contextmanager
