@@ -7,11 +7,14 @@ then runs the installed `trackside` and the installed Python with the repository
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +25,9 @@ import pytest
 import yaml
 
 from gateway.localkafka import free_port
+from tests.fixtures.guides import blocks, section
+from tests.fixtures.guides import commands as guide_commands
+from tests.fixtures.kafka import KafkaService
 from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -72,8 +78,11 @@ def _ok(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    root = tmp_path_factory.mktemp("packaging")
+def installed() -> Iterator[Installed]:
+    # Under /tmp, not pytest's (mode 700) temp folder: the Pi guide's test runs the installed
+    # command as an unprivileged user, who must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="trackside-packaging-"))
+    root.chmod(0o755)
     dist = root / "dist"
     # The sdist first, then the wheel from the sdist: both must carry every file.
     _ok(_run([sys.executable, "-m", "build", "--outdir", str(dist), str(REPO)], root, 300))
@@ -83,6 +92,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     _ok(_run([sys.executable, "-m", "venv", str(venv)], root))
     _ok(_run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], root, 600))
     yield Installed(venv, wheel)
+    shutil.rmtree(root)
 
 
 def test_installed_cli_writes_a_gateway_file_that_passes_check(
@@ -196,6 +206,133 @@ def test_installed_gateway_runs_with_the_embedded_broker_and_stops_on_sigterm(
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(30) == 0, log.read_text()
         assert "gateway stopped" in log.read_text()
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(10)
+
+
+# The Pi guide (docs/raspberry-pi.md), run as written on the installed wheel: `sudo -u trackside`
+# as an unprivileged user, its folders under a private root, systemd's part by the unit's own
+# ExecStart, User and WorkingDirectory (no systemd runs here).
+GUIDE = REPO / "docs" / "raspberry-pi.md"
+NOBODY = 65534  # stands for the guide's system user `trackside`
+_NOT_HERE = (
+    "scp ",  # the wheel is built right here
+    "sudo apt-get ",  # bootstrap installs Debian's packages
+    "sudo useradd ",  # NOBODY, with the home folder made as useradd --create-home makes it
+    "sudo python3 -m venv ",  # the installed fixture did these two, from the same wheel
+    "sudo /opt/trackside/bin/pip install ",
+    "sudo systemctl ",  # below: the unit's ExecStart as its user
+    "journalctl ",
+)
+
+
+def _guide_script(commands: list[str], root: Path, installed: Installed, kafka: str) -> str:
+    script = [
+        "set -e",
+        'sudo() { if [ "$1" = -u ]; then shift 2; '
+        f'setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- "$@"; else "$@"; fi; }}',
+    ]
+    moves = [(p, f"{root}{p}") for p in ("/etc/trackside", "/var/lib/trackside", "/etc/systemd")]
+    moves += [
+        ("/opt/trackside", str(installed.venv)),
+        ("kafka.depot.example:9092", kafka),
+        ("chgrp trackside ", f"chgrp {NOBODY} "),
+    ]
+    for command in commands:
+        if not command.startswith(_NOT_HERE):
+            script.append(functools.reduce(lambda text, m: text.replace(*m), moves, command))
+    return "\n".join(script)
+
+
+def _run_guide(commands: list[str], root: Path, installed: Installed, kafka: str) -> str:
+    script = _guide_script(commands, root, installed, kafka)
+    state = root / "var/lib/trackside"
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=state, env={**_env(), "HOME": str(state)},
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{script}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _unit(path: Path) -> dict[str, str]:
+    return dict(
+        line.split("=", 1) for line in path.read_text().splitlines() if "=" in line
+    )
+
+
+def test_the_pi_guide_installs_configures_and_runs_the_service_as_written(
+    installed: Installed, kafka: KafkaService
+) -> None:
+    install, on_the_pi = (guide_commands(b) for b in blocks(section(GUIDE, "Install"), "sh"))
+    assert f"scp dist/{installed.wheel.name} gateway.local:" in install, "the guide's wheel"
+    assert f"sudo /opt/trackside/bin/pip install ./{installed.wheel.name}" in on_the_pi
+    root = Path(tempfile.mkdtemp(prefix="trackside-pi-"))
+    root.chmod(0o755)
+    try:
+        state = root / "var/lib/trackside"
+        state.mkdir(parents=True, mode=0o755)  # as useradd --create-home leaves it
+        os.chown(state, NOBODY, NOBODY)
+        (root / "etc/systemd/system").mkdir(parents=True)  # as on every Debian system
+        _run_guide(on_the_pi, root, installed, kafka.bootstrap_servers)
+        config_file = root / "etc/trackside/gateway.yaml"
+        assert config_file.stat().st_mode & 0o777 == 0o640
+        # The guide's ports belong to whatever else runs on this machine: free ones instead.
+        config = yaml.safe_load(config_file.read_text())
+        http_port = free_port()
+        config["broker"]["port"] = free_port()
+        config["dashboard"]["port"] = free_port()
+        config["http"]["port"] = http_port
+        config_file.write_text(yaml.safe_dump(config))
+        (configure,) = blocks(section(GUIDE, "Configure"), "sh")
+        checked = _run_guide(guide_commands(configure), root, installed, kafka.bootstrap_servers)
+        assert "valid" in checked
+        assert (state / "tls" / "server.pem").is_file() and (state / "dev-10101.pw").is_file()
+        (service,) = blocks(section(GUIDE, "Run as a service"), "sh")
+        service_commands = guide_commands(service)
+        curl = next(c for c in service_commands if c.startswith("curl "))
+        _run_guide(
+            [c for c in service_commands if not c.startswith("curl ")],
+            root, installed, kafka.bootstrap_servers,
+        )  # fmt: skip
+        unit_file = root / "etc/systemd/system/trackside-gateway.service"
+        verify = _run(["systemd-analyze", "verify", str(unit_file)], root)
+        assert not [line for line in verify.stderr.splitlines() if str(unit_file) in line], (
+            verify.stderr
+        )
+        _serve_as_the_unit_says(_unit(unit_file), root, http_port, curl)
+    finally:
+        shutil.rmtree(root)
+
+
+def _serve_as_the_unit_says(unit: dict[str, str], root: Path, http_port: int, curl: str) -> None:
+    """The unit's ExecStart as an unprivileged user in its WorkingDirectory; the guide's curl
+    answers; its KillSignal stops it cleanly within TimeoutStopSec."""
+    assert unit["User"] == "trackside" and unit["KillSignal"] == "SIGTERM"
+    assert unit["WorkingDirectory"] == unit["ReadWritePaths"] == "/var/lib/trackside"
+    workdir = f"{root}/var/lib/trackside"
+    log = root / "gateway.log"
+    with log.open("wb") as out:
+        gateway = subprocess.Popen(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
+             *unit["ExecStart"].split()],
+            cwd=workdir, env={**_env(), "HOME": workdir},
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+
+        def healthy() -> bool:
+            assert gateway.poll() is None, f"the gateway exited:\n{log.read_text()}"
+            return _get(f"http://127.0.0.1:{http_port}/healthz")[0] == 200
+
+        wait_until(healthy, 60, "the gateway started as its unit says")
+        status = _ok(_run(curl.replace(":8081/", f":{http_port}/").split(), root))
+        connectors = json.loads(status)["connectors"]
+        assert {c["name"] for c in connectors} == {"telemetry", "device-status"}
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(float(unit["TimeoutStopSec"])) == 0, log.read_text()
     finally:
         if gateway.poll() is None:
             gateway.kill()

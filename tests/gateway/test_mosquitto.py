@@ -26,12 +26,13 @@ from bridge.mqtt_source import MqttSourceClient
 from gateway.config import load_gateway_config
 from gateway.localkafka import free_port
 from gateway.mosquitto import mosquitto_binary
+from tests.fixtures.guides import DOCS, blocks
+from tests.fixtures.guides import section as guide_section
 from tests.fixtures.mqtt import BrokerHandle
 from tests.fixtures.processes import ServiceError
 
 pytestmark = pytest.mark.integration
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 GUIDE = DOCS / "raspberry-pi.md"
 DEBIAN_CONF = Path("/etc/mosquitto/mosquitto.conf")  # as the mosquitto package installs it
 TRACKSIDE = Path(sys.executable).with_name("trackside")  # the venv's command
@@ -39,28 +40,8 @@ NOBODY = 65534  # stands for the guide's unprivileged `trackside` user
 
 
 def section(heading: str) -> str:
-    """The guide's text under `## heading`, up to the next heading of that level."""
-    text = GUIDE.read_text()
-    start = text.index(f"\n## {heading}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else None]
-
-
-def blocks(text: str, info: str) -> list[str]:
-    """The fenced code blocks of `text` whose info string is `info` ("" for none)."""
-    found: list[str] = []
-    current: list[str] | None = None
-    kind = ""
-    for line in text.splitlines():
-        if line.startswith("```") and current is None:
-            current, kind = [], line[3:].strip()
-        elif line.startswith("```") and current is not None:
-            if kind == info:
-                found.append("\n".join(current) + "\n")
-            current = None
-        elif current is not None:
-            current.append(line)
-    return found
+    """The guide's text under `## heading`."""
+    return guide_section(GUIDE, heading)
 
 
 def guide_commands() -> list[str]:
