@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka import (
@@ -207,7 +208,7 @@ def _topic_result(
     partitions = list(topic.partitions.values())
     replication = min((len(p.replicas) for p in partitions), default=0)
     policy = (config or {}).get("cleanup.policy", "unknown")
-    min_isr = int((config or {}).get("min.insync.replicas", "1"))
+    min_isr = int((config or {}).get("min.insync.replicas") or 1)
     detail = (
         f"{len(partitions)} partition(s), replication {replication}, cleanup.policy {policy} "
         f"(used by {wanted.used_by})"
@@ -219,6 +220,14 @@ def _topic_result(
             name,
             f"{detail}; no leader for partition(s) {leaderless}",
             "bring the brokers holding these partitions back (Kafka's log says which)",
+        )
+    if config is None:
+        return warn(
+            "topic",
+            name,
+            f"{detail}; its configuration could not be read (cleanup policy not checked)",
+            "let this user describe topic configurations (ACL DescribeConfigs), or check "
+            "cleanup.policy with kafka-configs.sh --describe",
         )
     if wanted.compacted and policy != "compact":
         return fail(
@@ -287,13 +296,13 @@ def _missing(wanted: TopicWanted, broker: dict[str, str]) -> CheckResult:
         f"{auto or 'unknown'}): readings wait in the spool"
     )
     fix = _create_hint(wanted)
-    if wanted.used_by == "alert service":
+    if "alert service" in wanted.used_by:
         fix = f"restart the gateway (the alert service creates its topics at start), or {fix}"
     return fail("topic", name, f"missing (used by {wanted.used_by}); {why}", fix)
 
 
-def _ensure_doctor_topic(admin: AdminClient, timeout: float) -> str | None:
-    """Create DOCTOR_TOPIC if needed; a reason when Kafka does not stamp its records."""
+def _create_doctor_topic(admin: AdminClient, timeout: float) -> str | None:
+    """Create DOCTOR_TOPIC unless it exists; why not, when that fails."""
     new = NewTopic(
         DOCTOR_TOPIC,
         num_partitions=1,
@@ -305,46 +314,53 @@ def _ensure_doctor_topic(admin: AdminClient, timeout: float) -> str | None:
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             return f"cannot create topic {DOCTOR_TOPIC}: {_text(exc)}"
-    kind = _configs(admin, [ConfigResource(ResourceType.TOPIC, DOCTOR_TOPIC)], timeout)
-    stamped = kind.get(DOCTOR_TOPIC, {}).get("message.timestamp.type")
-    if stamped != "LogAppendTime":
-        return f"topic {DOCTOR_TOPIC} has message.timestamp.type {stamped}, not LogAppendTime"
     return None
 
 
-def _samples(cluster: Cluster, timeout: float) -> Iterable[tuple[float, float, int]]:
-    """(sent, acknowledged, Kafka's stamp in ms) per record, local times in seconds."""
-    producer = Producer({**_quiet(cluster.settings, cluster.bootstrap_servers), "linger.ms": 0})
-    acked: list[tuple[float, Message]] = []
+def _samples(cluster: Cluster, timeout: float) -> Iterable[tuple[float, float, int, int]]:
+    """(sent, acknowledged, Kafka's stamp in ms, the stamp's kind) per record; local times
+    in seconds."""
+    # Plain records, outside any transaction the alert service's settings may name.
+    settings = {k: v for k, v in cluster.settings.items() if not k.startswith("transactional.")}
+    producer = Producer({**_quiet(settings, cluster.bootstrap_servers), "linger.ms": 0})
+    sent: list[float] = []
+    acked: dict[int, tuple[float, Message]] = {}  # by record: a late report keeps its own
 
-    def on_delivery(_err: KafkaError | None, message: Message) -> None:
-        acked.append((time.time(), message))
+    def on_delivery(record: int, _err: KafkaError | None, message: Message) -> None:
+        acked[record] = (time.time(), message)
 
-    for _ in range(_CLOCK_SAMPLES):
-        acked.clear()
-        sent = time.time()
-        producer.produce(DOCTOR_TOPIC, b"clock", on_delivery=on_delivery)
+    for record in range(_CLOCK_SAMPLES):
+        sent.append(time.time())
+        producer.produce(DOCTOR_TOPIC, b"clock", on_delivery=partial(on_delivery, record))
         producer.flush(timeout)
-        if acked and acked[0][1].error() is None:
-            kind, stamp = acked[0][1].timestamp()
-            if kind == TIMESTAMP_LOG_APPEND_TIME:
-                yield sent, acked[0][0], stamp
+    for record, (at, message) in acked.items():
+        if message.error() is None:
+            kind, stamp = message.timestamp()
+            yield sent[record], at, stamp, kind
 
 
 def check_clock(cluster: Cluster, admin: AdminClient, timeout: float) -> CheckResult:
     """This machine's clock against Kafka's: Kafka stamps a record in the doctor's topic with
     its own time (LogAppendTime), compared with the middle of its round trip here."""
     name = f"clock vs kafka {cluster.bootstrap_servers}"
-    problem = _ensure_doctor_topic(admin, timeout)
+    problem = _create_doctor_topic(admin, timeout)
     samples = [] if problem else list(_samples(cluster, timeout))
     if not samples:
         return warn(
             "clock",
             name,
-            problem or "Kafka did not acknowledge the doctor's record",
-            f"let this user create and write topic {DOCTOR_TOPIC} (LogAppendTime)",
+            f"not measured: {problem or 'Kafka acknowledged none of its records in time'}",
+            f"let this user create and write topic {DOCTOR_TOPIC}",
         )
-    sent, acked, stamp = min(samples, key=lambda s: s[1] - s[0])
+    if any(kind != TIMESTAMP_LOG_APPEND_TIME for *_, kind in samples):
+        return warn(
+            "clock",
+            name,
+            f"not measured: topic {DOCTOR_TOPIC} keeps the producer's time, not Kafka's",
+            f"kafka-configs.sh --bootstrap-server ... --alter --entity-type topics "
+            f"--entity-name {DOCTOR_TOPIC} --add-config message.timestamp.type=LogAppendTime",
+        )
+    sent, acked, stamp, _ = min(samples, key=lambda s: s[1] - s[0])
     offset = (sent + acked) / 2 - stamp / 1000
     error = (acked - sent) / 2
     detail = (
