@@ -50,8 +50,8 @@ class App:
         self._up_ms = 0
         self._status_ms = cfg.get("status_ms", 60000)
         self._status_due = 0
-        # From main.py: the release running and its slot (docs/ota.md), and the health check
-        # to pass once, after the first status is acknowledged.
+        # From slots.py: the release running and its slot (docs/ota.md), and what to do once
+        # the first status is acknowledged (0: only clear the failed-boot marker).
         self.release = cfg.get("release", ("", ""))
         self.healthy = cfg.get("healthy")
         self._update = False  # an update offered: reboot into its client once the outbox is empty
@@ -112,8 +112,13 @@ class App:
                 self._wall = self.board.sync_time()
                 self.publish_status()
                 print("mqtt: connected")
-                if self.healthy:  # set to None only once it went through: it publishes too
-                    self.healthy(self)
+                if self.healthy is not None:  # the boot passed its health check (docs/ota.md)
+                    if self.healthy:  # slots.healthy: confirm or report an update
+                        self.healthy(self)  # (it publishes: on failure it is tried again)
+                    try:
+                        os.remove("ota.try")
+                    except OSError:  # not booted by slots.py (a test's own harness)
+                        pass
                     self.healthy = None
             except LINK_ERRORS as e:
                 link.fail(e)

@@ -36,6 +36,13 @@ def _hash(path):
             h.update(buf if n == 256 else buf[:n])
 
 
+def _rm(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass  # not there
+
+
 def _wipe(path):
     try:
         names = os.listdir(path)
@@ -140,6 +147,7 @@ class Updater:
             self.say(rid, 1, "")
             self.state["fails"] = 0  # out of safe mode: try the app again
             self.save()
+            _rm("ota.try")
             self.link.client.disconnect()
             self.board.reboot()
         else:
@@ -250,18 +258,16 @@ class Updater:
         os.remove(OFFER)
         s["good"], s["gver"] = s.get("slot", ""), s.get("ver", "")
         s["slot"], s["ver"], s["rid"] = self.slot, self.version, self.rid
-        s["trial"], s["tried"], s["fails"] = 1, 0, 0
+        s["trial"], s["fails"] = 1, 0
         self.save()
+        _rm("ota.try")  # this boot failed nothing: the next is the release's first
         print("ota: switching to %s in slot %s" % (self.version, self.slot))
         self.link.client.disconnect()
         self.board.reboot()
 
     def leave(self, why):
         """Give up this offer and boot the app again (which reports `why`, if any)."""
-        try:
-            os.remove(OFFER)
-        except OSError:
-            pass
+        _rm(OFFER)
         if why:
             print("ota: gave up:", why)
             self.state["report"] = {"id": self.rid, "ok": False, "ota": "abandoned", "why": why}

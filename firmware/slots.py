@@ -1,10 +1,9 @@
-# What main.py runs on every board: choose the app slot (over-the-air updates, docs/ota.md),
-# read trackside.json, pick the board layer, run the app (or the update client alone) forever,
-# and roll back a release that fails its probation. It imports nothing of the app before the
-# slot is chosen and no module of a slot at all, so that no release can break it: updates
-# never replace it, nor main.py. (Compiled, not in main.py: a board compiles main.py's source
-# at boot, and that took more heap than the app has to spare.)
-import gc
+# Chooses at boot what runs from which slot (over-the-air updates, docs/ota.md): the app, the
+# update client alone, or safe mode; puts probation on a new release and rolls it back when it
+# fails. It imports nothing of the app before the slot is chosen and no module of a slot at
+# all, so that no release can break it; updates never replace it, nor main.py. On a normal
+# boot main.py drops this module once the app is built (its code would cost the app 3 KB of
+# heap); it stays loaded only on probation and while a verdict waits to be reported.
 import json
 import os
 import sys
@@ -12,6 +11,7 @@ import time
 
 BOARDS = {"unix": "board_unix", "esp32-devkitc": "board_esp32", "pico-w": "board_pico_w"}
 STATE = "ota.json"  # the slot to boot, its probation, the failed boots in a row
+TRYING = "ota.try"  # this boot has not passed its health check (yet): the app removes it
 SAFE_AFTER = 10  # failed boots in a row, then safe mode (ESPHome's default)
 state = {}
 
@@ -48,20 +48,24 @@ def select():
             state = json.load(f)
     except (OSError, ValueError):
         pass  # never updated: the app at the root, as `trackside deploy` put it there
-    if state.get("trial"):
-        if state.get("tried"):  # it went down before its health check passed
-            try:
-                import machine
+    try:
+        os.stat(TRYING)  # the last boot did not pass its health check
+        failed = 1
+    except OSError:
+        failed = 0
+    if failed and state.get("trial"):  # it went down on probation, before its health check
+        try:
+            import machine
 
-                why = "watchdog" if machine.reset_cause() == machine.WDT_RESET else "reset"
-            except (ImportError, AttributeError):
-                why = "reset"
-            rollback(why + " before the health check")
-        else:
-            state["tried"] = 1
-    state["fails"] = state.get("fails", 0) + 1  # back to 0 when the health check passes
-    save()
-    if state["fails"] > SAFE_AFTER:
+            why = "watchdog reset" if machine.reset_cause() == machine.WDT_RESET else "reset"
+        except (ImportError, AttributeError):
+            why = "reset"
+        rollback(why + " before the health check")
+    if failed or state.get("fails"):
+        state["fails"] = state.get("fails", 0) + 1 if failed else 0
+        save()
+    open(TRYING, "w").close()
+    if state.get("fails", 0) >= SAFE_AFTER:
         return "safe"  # the root's networking and update client only
     slot = state.get("slot")
     if slot:
@@ -87,12 +91,13 @@ def healthy(app):
     if s.get("trial"):
         s["trial"], s["good"], s["gver"] = 0, s["slot"], s["ver"]
         del app.board.feed  # the probation deadline (boot()) is over
-    s["report"], s["fails"] = None, 0
+    s["report"] = None
     save()
 
 
 def boot():
-    """The board layer and what runs on it: the app, or the update client alone."""
+    """The board layer and, for the app, its configuration and outbox (main.py builds it once
+    this module is gone), or the update client alone; and whether this module must stay."""
     mode = select()
     with open("trackside.json") as f:
         cfg = json.load(f)
@@ -110,7 +115,8 @@ def boot():
     if mode != "app":
         import ota
 
-        return board, ota.Updater(cfg, board, state, save, mode == "safe")
+        return board, ota.Updater(cfg, board, state, save, mode == "safe"), None, True
+    keep = state.get("trial") or state.get("report")
     if state.get("trial"):
         # Probation: the health check must pass within the deadline. Checked where the app
         # feeds the watchdog, which a hung app stops doing (then the watchdog resets).
@@ -124,17 +130,14 @@ def boot():
             feed()
 
         board.feed = probation
-    cfg["release"], cfg["healthy"] = (state.get("ver", ""), state.get("slot", "")), healthy
-    gc.collect()  # what select() and the board left behind: App needs room in one piece
-    from app import App
-
-    return board, App(cfg, board, outbox)
+    cfg["release"] = (state.get("ver", ""), state.get("slot", ""))
+    cfg["healthy"] = healthy if keep else 0
+    return board, cfg, outbox, keep
 
 
 def failed(e):
-    # A crash, or a release that fails to import: on probation, the last good slot again; in
-    # the update client, the app again. Otherwise as before: the traceback, and a board stays
-    # in the REPL until its watchdog resets it.
+    """A crash, or a release that fails to import: on probation, the last good slot again; in
+    the update client, the app again. Otherwise nothing: the caller raises it."""
     if state.get("trial"):
         sys.print_exception(e)
         rollback("%s: %s" % (type(e).__name__, e))
@@ -147,23 +150,3 @@ def failed(e):
     state["report"] = {"id": None, "ok": False, "ota": "failed", "why": repr(e)}
     save()
     reset()
-
-
-def main():
-    try:
-        board, app = boot()
-    except Exception as e:  # noqa: BLE001 (firmware: whatever a release raises)
-        failed(e)
-        raise
-    gc.collect()  # the parsed trackside.json and what loading the modules left behind
-    try:
-        app.run()
-    except KeyboardInterrupt:  # Ctrl-C, e.g. from `trackside deploy` or `trackside console`
-        if board.wdt is None:
-            print("trackside: stopped; no watchdog armed, the board stays in the REPL")
-        else:
-            print("trackside: stopped, but the watchdog is armed and cannot be stopped: the board"
-                  " resets within %d s; deploy right after that reset" % -(-board.wdt_ms // 1000))
-    except Exception as e:  # noqa: BLE001
-        failed(e)
-        raise

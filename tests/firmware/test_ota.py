@@ -138,6 +138,7 @@ def test_an_update_is_fetched_switched_and_confirmed(
     assert r.status()["slot"] == "a"
     state = json.loads((r.device.board_dir / "ota.json").read_text())
     assert (state["slot"], state["good"], state["trial"], state["fails"]) == ("a", "a", 0, 0)
+    assert not (r.device.board_dir / "ota.try").exists()  # the boot passed its health check
     # The next release goes to the other slot; the first stays as the one to fall back on.
     assert r.push(_release("1.2.0", tmp_path)).state == "confirmed"
     state = json.loads((r.device.board_dir / "ota.json").read_text())
@@ -236,10 +237,11 @@ def test_safe_mode_after_ten_failed_boots_runs_the_update_client_only(
     r = rig()
     r.supervised.close()
     r.device.stop()
-    (r.device.board_dir / "ota.json").write_text(json.dumps({"fails": 10}))
+    (r.device.board_dir / "ota.json").write_text(json.dumps({"fails": 9}))
+    (r.device.board_dir / "ota.try").touch()  # and the boot before did not pass either
     r.supervised = Supervised(r.device)
     wait_until(lambda: r.status().get("state") == "safe", 30, "safe mode")
-    assert r.status()["fails"] == 11
+    assert r.status()["fails"] == 10
     verdict = r.push(_release("1.1.0", tmp_path))
     assert verdict.state == "confirmed", verdict
     wait_until(lambda: r.status().get("app") == "1.1.0", 30, "the release running")
