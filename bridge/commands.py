@@ -165,7 +165,6 @@ class CommandRelay:
         self.relayed = 0
         self.rejected = 0
         self.failure: str | None = None
-        self._dead_lettered = DEAD_LETTERED.labels(connector=config.name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="command-relay", daemon=True)
 
@@ -249,7 +248,7 @@ class CommandRelay:
             return False
         log.warning("rejected a command in %s: %s", where, exc.reason)
         self.rejected += 1
-        self._dead_lettered.inc()
+        DEAD_LETTERED.labels(connector=self.config.name, reason=type(exc).__name__).inc()
         return True
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> bool:

@@ -102,6 +102,7 @@ def oversized_dead_letter(record: KafkaRecord, topic: str, reason: str) -> Kafka
         headers += [
             ("__connect.errors.topic", record.topic.encode()[:256]),
             ("__connect.errors.stage", b"KAFKA_PRODUCE"),
+            ("__connect.errors.exception.class.name", RecordRefusedError.__name__.encode()),
             ("__connect.errors.exception.message", reason.encode()[:1024]),
         ]
     headers += [

@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "DEAD_LETTERED",
+    "DEAD_LETTER_REASONS",
     "DELIVERED",
     "DROPPED",
     "IN_FLIGHT",
@@ -31,9 +32,13 @@ REPLAYED = Counter(
 )
 DEAD_LETTERED = Counter(
     "trackside_bridge_dead_lettered",
-    "Dead letters Kafka acknowledged on the dead-letter topic (readings and commands)",
-    ["connector"],
+    "Dead letters Kafka acknowledged on the dead-letter topic (readings and commands), by "
+    "reason: the error class of their __connect.errors.exception.class.name header",
+    ["connector", "reason"],
 )
+# The reasons a connector's dead letters have, created at 0 with the connector so that a
+# dashboard sees the series before the first dead letter (Prometheus' advice for labels).
+DEAD_LETTER_REASONS = ("RecordError", "TopicError", "RecordRefusedError", "CommandError")
 DROPPED = Counter("trackside_bridge_dropped", "Messages dropped by a filter", ["connector"])
 IN_FLIGHT = Gauge(
     "trackside_bridge_in_flight",

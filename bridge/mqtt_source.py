@@ -149,6 +149,10 @@ class MqttSourceClient:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)
 
+    def broker_connected(self) -> bool:
+        """Whether the session with the broker is up (CONNACK received, not lost since)."""
+        return self.connected.is_set()
+
     def worker_failure(self) -> str | None:
         """Why the reader or the pinger ended while they should run, else None."""
         if self._failure is not None:

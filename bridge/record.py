@@ -17,6 +17,7 @@ __all__ = [
     "Message",
     "RecordError",
     "TopicError",
+    "dead_letter_reason",
     "id_problem",
     "shown",
 ]
@@ -85,3 +86,12 @@ class KafkaRecord(NamedTuple):
     key: bytes | None
     value: bytes
     headers: Sequence[tuple[str, bytes]] = ()
+
+
+def dead_letter_reason(record: KafkaRecord) -> str:
+    """The error class a dead letter names in its Kafka Connect header, else `unknown` (the
+    context headers turned off): a short, bounded word, fit for a metric label."""
+    for name, value in record.headers:
+        if name == "__connect.errors.exception.class.name":
+            return value.decode(errors="replace")[:64]
+    return "unknown"

@@ -60,5 +60,8 @@ class Source(Protocol):
     def worker_failure(self) -> str | None:
         """Why a thread of this source ended while it should run, else None."""
 
+    def broker_connected(self) -> bool:
+        """Whether the connection to the MQTT broker is up (always, for an in-process one)."""
+
 
 SourceFactory = Callable[[OnMessages], Source]

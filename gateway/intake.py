@@ -240,6 +240,10 @@ class BrokerIntake:
         sent.add_done_callback(done)
         return publication
 
+    def broker_connected(self) -> bool:
+        """Always: the broker is this process."""
+        return True
+
     def worker_failure(self) -> str | None:
         """Why the hand-over thread ended while it should run, else None."""
         thread = self._thread

@@ -48,12 +48,19 @@ class StatusCollector(Collector):
             "1 while the connector's Kafka answers, 0 while it is unreachable",
             labels=["connector"],
         )
+        mqtt_up = GaugeMetricFamily(
+            "trackside_connector_mqtt_up",
+            "1 while the connector's MQTT session is up (always with the embedded broker, which "
+            "runs in the same process), 0 while it is reconnecting",
+            labels=["connector"],
+        )
         for name, connector in self._connectors.items():
             status = connector.status()
             for each in _CONNECTOR_STATES:
                 state.add_metric([name, each], float(status.state == each))
             spooling.add_metric([name], float(status.mode == "spooling"))
             kafka_up.add_metric([name], float(status.kafka == "reachable"))
+            mqtt_up.add_metric([name], float(status.mqtt == "connected"))
         worker_up = GaugeMetricFamily(
             "trackside_worker_up",
             "1 while a supervised worker (the alert service) runs, 0 while it waits to be "
@@ -63,4 +70,4 @@ class StatusCollector(Collector):
         running: State = "running"
         for name, worker in self._workers.items():
             worker_up.add_metric([name], float(worker.state == running))
-        yield from (state, spooling, kafka_up, worker_up)
+        yield from (state, spooling, kafka_up, mqtt_up, worker_up)

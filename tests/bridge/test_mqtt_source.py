@@ -156,10 +156,11 @@ def test_a_malformed_packet_makes_it_reconnect_not_crash(
 ) -> None:
     client, broker, _ = connected
     broker.server.settimeout(10)
+    assert client.broker_connected()  # what /status and trackside_connector_mqtt_up show
     broker.wait().sendall(b"\x30\xff\xff\xff\xff\x7f")  # remaining length beyond the limit
     conn, _ = broker.server.accept()  # the reader survived and connects again
     conn.close()
-    assert not client.connected.is_set()
+    assert not client.broker_connected()
 
 
 def test_pings_go_out_while_the_reader_is_held_by_backpressure() -> None:

@@ -97,7 +97,8 @@ def test_gateway_run_end_to_end(tmp_path: Path, kafka: KafkaService) -> None:
         assert status == 200
         assert body["connectors"] == [
             {"name": "telemetry", "state": "running", "mode": "direct", "spool_bytes": 0,
-             "reason": None, "kafka": "reachable", "problem": None, "received": 50}
+             "reason": None, "kafka": "reachable", "problem": None, "mqtt": "connected",
+             "received": 50}
         ]  # fmt: skip
         assert http("POST", f"{base}/connectors/telemetry/pause")[0] == 401
         assert http("POST", f"{base}/connectors/telemetry/pause", "letmein")[1]["state"] == "paused"
