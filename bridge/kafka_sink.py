@@ -135,6 +135,9 @@ class KafkaSink:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 1,
+            # Kafka's default hash of the key (Java's, murmur2), not librdkafka's CRC32: the
+            # alert service keeps a train's state in the partition Kafka's hash gives its id.
+            "partitioner": "murmur2_random",
             "batch.num.messages": 10000,
             "compression.type": "lz4",
             "queue.buffering.max.messages": 200_000,

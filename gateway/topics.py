@@ -28,6 +28,9 @@ class Topics(BaseModel):
     alert_state: str = "trackside.alert-state"
     maintenance: str = "trackside.maintenance"
     commands: str = "trackside.commands"
+    # Device statuses and operator actions, routed by the alert service to their train's
+    # partition (docs/alerts.md#partitions); read by the alert service only.
+    alert_repartition: str = "trackside.alert-repartition"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:

@@ -7,6 +7,10 @@ learns again what it lost when it restarted. A post that fails is retried (1 s d
 `resend_s`) with everything active, so an Alertmanager that was down misses nothing that is
 still true; a resolve it missed is posted until it is accepted. After a restart of the service
 the active alerts are taken from the restored rule states (`restored`), which live in Kafka.
+
+With several instances each notifies for its own partitions' trains: `restored` is given the
+states of the partitions it was just assigned, and `forget` drops the trains of a partition it
+gave up from what it re-sends, without resolving them: their new owner re-sends them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -161,6 +166,13 @@ def _subject(event: dict[str, Any]) -> str:
     return f"{event['train_id']} device {event['device_id']}"
 
 
+@dataclass(frozen=True)
+class _Forget:
+    """Queued by `Notifier.forget`: stop re-sending the alerts of these trains."""
+
+    gone: Callable[[str], bool]
+
+
 def _identity(event: dict[str, Any]) -> tuple[str, ...]:
     """What makes two events the same Alertmanager alert (the labels that vary)."""
     return tuple(str(event[k]) for k in ("train_id", "device_id", "rule", "sensor"))
@@ -174,7 +186,9 @@ class Notifier:
         self.endpoint = f"{str(settings.url).rstrip('/')}/api/v2/alerts"
         self._rules = {rule.name: rule for rule in rules.rules}
         self._policy = rules.policy
-        self._events: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[list[dict[str, Any]] | _Forget | None] = (
+            queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # why the thread ended, if it did by a bug
         self.up: bool | None = None  # whether the last post was accepted; None before one
@@ -184,9 +198,10 @@ class Notifier:
     # -- the service's side ---------------------------------------------------------------
 
     def restored(self, store: StateStore) -> None:
-        """After the service restored its state: (re)start the thread and post what fires,
-        and what resolved within the last `4 x resend_s` (a resolve committed just before a
-        crash may not have been posted)."""
+        """After the service restored state (all of it, or the partitions it was just
+        assigned): (re)start the thread and post what fires there, and what resolved within
+        the last `4 x resend_s` (a resolve committed just before a crash may not have been
+        posted)."""
         recent_ms = time.time() * 1000 - _ENDS_AFTER_PERIODS * self.settings.resend_s * 1000
         events = []
         for state in store.rules.values():
@@ -225,6 +240,12 @@ class Notifier:
             self._thread = threading.Thread(target=self._run, name="alerts-notify", daemon=True)
             self._thread.start()
         self._events.put(events)
+
+    def forget(self, gone: Callable[[str], bool]) -> None:
+        """Stop re-sending the alerts of the trains for which `gone(train_id)` holds (their
+        partition moved away); Alertmanager keeps them, and their new owner re-sends them.
+        Changes already queued for them are still posted."""
+        self._events.put(_Forget(gone))
 
     def publish(
         self, events: list[dict[str, Any]], flags: list[dict[str, Any]] | None = None
@@ -273,6 +294,9 @@ class Notifier:
                     if unsent:
                         self._post(list(unsent.values()))
                     return
+                if isinstance(batch, _Forget):
+                    active = {k: e for k, e in active.items() if not batch.gone(k[0])}
+                    continue
                 for event in batch:
                     key = _identity(event)
                     if event.get("_restored") and (key in active or key in unsent):
@@ -300,8 +324,8 @@ class Notifier:
                 next_resend = now + resend_s
             wait = next_resend - time.monotonic()
 
-    def _drain(self) -> list[list[dict[str, Any]] | None]:
-        out: list[list[dict[str, Any]] | None] = []
+    def _drain(self) -> list[list[dict[str, Any]] | _Forget | None]:
+        out: list[list[dict[str, Any]] | _Forget | None] = []
         while True:
             try:
                 out.append(self._events.get_nowait())

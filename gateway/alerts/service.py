@@ -7,6 +7,15 @@ old self (same `transactional.id`), restores the committed state from the compac
 replays from the committed offsets, so each alert is written exactly once. Readers of the
 output topics use `isolation.level=read_committed`.
 
+Several instances share the work by partition (docs/alerts.md#partitions): the telemetry
+partitions an instance is assigned (`cooperative-sticky`) are the partitions of state it owns.
+On assignment it restores only those partitions of the state topics; on revocation it drops
+them (no transaction is open while the consumer polls, so everything it did is committed).
+Device statuses and operator actions are not keyed by train alone: whichever instance reads
+one routes it, in its transaction, to its train's partition of the repartition topic, which
+the owner of that partition reads. Offsets go into each transaction with the consumer group's
+metadata (KIP-447), so an instance that lost its partitions cannot commit for them any more.
+
 While Kafka is away the service waits (one log line, `trackside_alerts_kafka_up` 0) and goes on
 where it left off when Kafka is back. Transactional calls that fail retriably are retried a
 bounded number of times with backoff; a transaction Kafka says must be aborted is aborted and
@@ -44,6 +53,12 @@ from gateway.alerts.engine import Engine, Reading
 from gateway.alerts.kafka_link import UNREACHABLE, KafkaLink
 from gateway.alerts.metrics import ABORTED, STATE_SKIPPED
 from gateway.alerts.notify import Notifier
+from gateway.alerts.partitioning import (
+    PARTITIONER,
+    partition_of,
+    train_of_action,
+    train_of_status,
+)
 from gateway.alerts.rules import RuleSet
 from gateway.alerts.state import StateStore
 from gateway.supervise import Backoff
@@ -86,6 +101,9 @@ class Counters:
     transactions: int = 0
     aborted: int = 0  # transactions aborted and replayed
     state_skipped: int = 0  # malformed state or maintenance records skipped by restore
+    routed: int = 0  # device statuses and operator actions routed to their train's partition
+    misrouted: int = 0  # readings found outside their train's partition (wrong partitioner)
+    restores: int = 0  # partitions of state restored on assignment
 
 
 class _MustAbortError(Exception):
@@ -124,12 +142,22 @@ class AlertService:
             **config.kafka.settings,
             "error_cb": self.link.on_error,
         }
+        self.partitions = 0  # of telemetry and of every state topic, known once they exist
+        # The telemetry partitions this instance is assigned: the partitions of state it owns.
+        self.owned: set[int] = set()
+        self._assigned: set[tuple[str, int]] = set()  # the group consumer's assignment
+        self._engine = Engine(rules)
+        self._stop = threading.Event()
+        self._routed: Consumer | None = None  # reads the owned partitions of the repartition topic
+        self._warned_misrouted = False
 
     def run(self, stop: threading.Event) -> None:
-        """Create missing topics, restore state, then evaluate until `stop` is set.
+        """Create missing topics, then evaluate until `stop` is set, restoring the state of
+        each partition when it is assigned.
 
         Waits while Kafka is unreachable; raises `AlertError` when the service cannot go on.
         """
+        self._stop = stop
         try:
             self._run(stop)
         except _StoppedError:
@@ -144,6 +172,8 @@ class AlertService:
     def _run(self, stop: threading.Event) -> None:
         topics = self.config.topics
         self.link.fatal = None  # a fatal error of the previous run's clients is theirs only
+        self.owned, self._assigned = set(), set()
+        self._engine = Engine(self.rules)
         self._ensure_topics(stop)
         producer = self._client(
             Producer,
@@ -152,6 +182,7 @@ class AlertService:
                 # (CONCURRENT_TRANSACTIONS) and retried after this back-off: librdkafka's
                 # 100 ms default put 100 ms tails on alert latency (docs/alerts.md).
                 "retry.backoff.ms": 10,
+                "partitioner": PARTITIONER,  # commands keyed by train id, like the bridge's
                 **self._common,
                 "transactional.id": self.config.kafka.transactional_id,
                 "enable.idempotence": True,
@@ -169,41 +200,62 @@ class AlertService:
                 lambda: producer.init_transactions(_TXN_TIMEOUT_S),
                 attempts=2 * _TXN_ATTEMPTS,
             )
-            engine = Engine(self.rules, self._restore(stop))
             if self.notifier is not None:
-                self.notifier.restored(engine.store)
+                self.notifier.restored(self._engine.store)  # starts its thread
+            read_committed: dict[str, Any] = {
+                **self._common,
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+            # Never subscribes and never commits: its positions are committed for the group
+            # below, in each transaction, and read back from there on assignment.
+            self._routed = self._client(
+                Consumer,
+                {**read_committed, "group.id": f"{self.config.kafka.group_id}-routed"},
+            )
             consumer = self._client(
                 Consumer,
                 {
-                    **self._common,
+                    **read_committed,
                     "group.id": self.config.kafka.group_id,
                     # Static membership: a restarted instance takes its partitions back at once
                     # instead of waiting for the session of its dead self to time out.
                     "group.instance.id": self.config.kafka.transactional_id,
-                    "isolation.level": "read_committed",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
+                    # A rebalance moves only the partitions that change owner; the others go
+                    # on being processed meanwhile.
+                    "partition.assignment.strategy": "cooperative-sticky",
                 },
             )
-            consumer.subscribe([topics.telemetry, topics.device_status, topics.operator_actions])
-            log.info("alert service running with %d rules", len(self.rules.rules))
+            consumer.subscribe(
+                [topics.telemetry, topics.device_status, topics.operator_actions],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            log.info(
+                "alert service running with %d rules over %d partitions",
+                len(self.rules.rules),
+                self.partitions,
+            )
             self.ready.set()
-            self._loop(stop, producer, consumer, engine)
+            self._loop(stop, producer, consumer)
         except _HungError:
             hung = True
             raise
         finally:
             if consumer is not None:
-                consumer.close()
+                consumer.close()  # revokes (and drops) what it owns
+            if self._routed is not None:
+                self._routed.close()
+                self._routed = None
             # Nothing should be left: a commit or an abort delivered it. While Kafka is away
             # there is no point in waiting; a left-over transaction is aborted at the next start.
             # A producer stuck in a call is left alone: flush or close might block behind it.
             if not hung and not producer.flush(_TIMEOUT_S if self.link.up else 1.0):
                 producer.close()  # disconnect now, not when the object is collected
 
-    def _loop(
-        self, stop: threading.Event, producer: Producer, consumer: Consumer, engine: Engine
-    ) -> None:
+    def _loop(self, stop: threading.Event, producer: Producer, consumer: Consumer) -> None:
         last_tick = last_probe = 0.0
         while not stop.is_set():
             if self.link.fatal is not None:
@@ -220,12 +272,12 @@ class AlertService:
                 and now - last_tick >= self.config.stale_check_s
                 and len(batch) < self.config.max_batch
             ):
-                engine.tick(int(now * 1000))
+                self._engine.tick(int(now * 1000))
                 last_tick = now
             try:
-                self._transact(stop, producer, consumer, engine, batch)
+                self._transact(stop, producer, consumer, batch)
             except _MustAbortError as abort:
-                engine = self._abort_and_rewind(stop, producer, consumer, abort.error)
+                self._abort_and_rewind(stop, producer, consumer, abort.error)
 
     # -- Kafka calls ----------------------------------------------------------------------
 
@@ -315,9 +367,103 @@ class AlertService:
             )
         except GatewayError as exc:
             raise AlertError(str(exc)) from exc
+        self.partitions = self._partition_count(admin)
 
-    def _restore(self, stop: threading.Event) -> StateStore:
-        """Read the committed records of the state and maintenance topics to their end.
+    def _partition_count(self, admin: AdminClient) -> int:
+        """The partition count telemetry and every state topic share; AlertError if not."""
+        topics = self.config.topics
+        names = (topics.telemetry, topics.alert_state, topics.maintenance, topics.alert_repartition)
+        deadline = time.monotonic() + _TIMEOUT_S
+        while True:  # a topic just created may take a moment to show in the metadata
+            found = admin.list_topics(timeout=_TIMEOUT_S).topics
+            missing = [name for name in names if name not in found]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise AlertError(f"topics {missing} do not show in Kafka's metadata; {_RESTART}")
+            time.sleep(0.1)
+        counts = {name: len(found[name].partitions) for name in names}
+        if len(set(counts.values())) != 1:
+            raise AlertError(
+                f"the alert service needs as many partitions in each of these topics, which "
+                f"have {counts}: a train's state lives in the partition number of its "
+                "telemetry. Give them one count (docs/scaling.md, changing the partition count)"
+            )
+        return counts[topics.telemetry]
+
+    # -- partitions come and go -------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Restore the state of the telemetry partitions assigned, then read them and their
+        partitions of the repartition topic (librdkafka adds `partitions` after this)."""
+        topics = self.config.topics
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        new = sorted({tp.partition for tp in partitions if tp.topic == topics.telemetry})
+        if not new:
+            return
+        routed = [TopicPartition(topics.alert_repartition, p) for p in new]
+        started = time.monotonic()
+        # With read_committed this waits until a transaction of the partitions' previous owner
+        # has ended (KIP-447), so the state read next holds everything it committed.
+        positions = self._committed(consumer, routed)
+        store = self._restore(self._stop, new)
+        self._engine.store.update(store)
+        self.owned.update(new)
+        if self.notifier is not None:
+            self.notifier.restored(store)
+        assert self._routed is not None
+        self._routed.incremental_assign(positions)
+        self.counters.restores += len(new)
+        log.info(
+            "took partitions %s: restored %d rule states, %d devices, %d flags in %.2f s",
+            new,
+            len(store.rules),
+            len(store.devices),
+            len(store.maintenance),
+            time.monotonic() - started,
+        )
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Drop the state of the telemetry partitions taken away (revoked or lost). No
+        transaction is open while the consumer polls: what was done for them is committed."""
+        topics = self.config.topics
+        self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        gone = {tp.partition for tp in partitions if tp.topic == topics.telemetry} & self.owned
+        if not gone:
+            return
+        self.owned -= gone
+        if self._routed is not None:
+            self._routed.incremental_unassign(
+                [TopicPartition(topics.alert_repartition, p) for p in sorted(gone)]
+            )
+        count = self.partitions
+
+        def moved(train_id: str) -> bool:
+            return partition_of(train_id, count) in gone
+
+        self._engine.store.drop(moved)
+        if self.notifier is not None:
+            self.notifier.forget(moved)
+        log.info("gave up partitions %s", sorted(gone))
+
+    def _committed(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> list[TopicPartition]:
+        """The group's committed positions of `partitions`; the start where there is none."""
+        try:
+            committed = consumer.committed(partitions, timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            raise AlertError(
+                f"cannot read the committed offsets: {_describe(exc)}; {_RESTART}"
+            ) from exc
+        for position in committed:
+            if position.offset < 0:  # nothing committed yet: auto.offset.reset=earliest
+                position.offset = OFFSET_BEGINNING
+        return list(committed)
+
+    def _restore(self, stop: threading.Event, partitions: list[int]) -> StateStore:
+        """Read the committed records of `partitions` of the state and maintenance topics to
+        their end.
 
         A record that is not a state is skipped (one log line, `counters.state_skipped`): a
         malformed record must not turn every restart into the same crash.
@@ -335,13 +481,13 @@ class AlertService:
             },
         )
         try:
-            partitions = [
+            wanted = [
                 TopicPartition(name, p, OFFSET_BEGINNING)
                 for name in (topics.alert_state, topics.maintenance)
-                for p in consumer.list_topics(name, timeout=_TIMEOUT_S).topics[name].partitions
+                for p in partitions
             ]
-            consumer.assign(partitions)
-            pending = {(tp.topic, tp.partition) for tp in partitions}
+            consumer.assign(wanted)
+            pending = {(tp.topic, tp.partition) for tp in wanted}
             deadline = time.monotonic() + 120
             while pending:
                 if stop.is_set():
@@ -369,12 +515,6 @@ class AlertService:
         finally:
             consumer.close()
         self.link.reachable()
-        log.info(
-            "restored %d rule states, %d devices, %d maintenance flags",
-            len(store.rules),
-            len(store.devices),
-            len(store.maintenance),
-        )
         return store
 
     def _restore_record(self, store: StateStore, msg: Message, value: bytes) -> None:
@@ -399,26 +539,36 @@ class AlertService:
     # -- the loop -------------------------------------------------------------------------
 
     def _poll(self, consumer: Consumer) -> list[Message]:
-        """Wait for one record, then take whatever else is already fetched."""
-        first = consumer.poll(0.2)
-        if first is None:
-            return []
-        more = consumer.consume(self.config.max_batch - 1, 0) if self.config.max_batch > 1 else []
-        return [first, *more]
+        """Wait for one record, then take whatever else is already fetched, from the group's
+        topics and from the owned partitions of the repartition topic."""
+        limit = self.config.max_batch
+        first = consumer.poll(0.1)
+        batch = [first] if first is not None else []
+        if len(batch) < limit:
+            batch += consumer.consume(limit - len(batch), 0)
+        if self._routed is not None and self.owned and len(batch) < limit:
+            batch += self._routed.consume(limit - len(batch), 0)
+        return batch
 
-    def _apply(self, engine: Engine, msg: Message) -> None:
+    def _apply(self, msg: Message) -> None:
         topics = self.config.topics
+        engine = self._engine
         topic = msg.topic()
         arrival_ms = msg.timestamp()[1]
         try:
             if topic == topics.telemetry:
                 reading = Reading.from_json(msg.value() or b"")
+                self._check_partition(reading.train_id, msg)
                 if engine.reading(reading, arrival_ms):
                     self.counters.readings += 1
                 else:
                     self.counters.duplicates += 1
-            elif topic == topics.device_status:
-                train_id, _, device_id = (msg.key() or b"").decode().rpartition("/")
+                return
+            headers = dict(msg.headers() or ())
+            if headers.get(_SOURCE) == b"status":
+                key = headers.get(_KEY) or b""
+                text = key if isinstance(key, str) else key.decode()
+                train_id, _, device_id = text.rpartition("/")
                 status = json.loads(msg.value() or b"")
                 engine.status(train_id, int(device_id), dict(status), arrival_ms)
             else:
@@ -433,15 +583,49 @@ class AlertService:
                 exc,
             )
 
+    def _check_partition(self, train_id: str, msg: Message) -> None:
+        """Count a reading outside its train's partition: its producer hashes keys otherwise
+        than Kafka's default, so the train's state would not move with its readings."""
+        if msg.partition() == partition_of(train_id, self.partitions):
+            return
+        self.counters.misrouted += 1
+        if not self._warned_misrouted:
+            self._warned_misrouted = True
+            log.warning(
+                "a reading of train %s is in partition %d of %s, not %d: its producer must set "
+                "`partitioner: %s` (docs/scaling.md); until then its state may be lost when "
+                "partitions move",
+                train_id,
+                msg.partition(),
+                msg.topic(),
+                partition_of(train_id, self.partitions),
+                PARTITIONER,
+            )
+
+    def _route(self, msg: Message) -> tuple[int, list[tuple[str, bytes]]]:
+        """Where a device status or an operator action goes in the repartition topic: its
+        train's partition, with the source and the original key as headers."""
+        key = msg.key() or b""
+        if msg.topic() == self.config.topics.device_status:
+            source, train_id = b"status", train_of_status(key)
+        else:
+            source = b"action"
+            try:
+                train_id = train_of_action(json.loads(msg.value() or b""))
+            except ValueError:  # its owner skips it, with a log line
+                train_id = ""
+        return partition_of(train_id, self.partitions), [(_SOURCE, source), (_KEY, key)]
+
     def _transact(
         self,
         stop: threading.Event,
         producer: Producer,
         consumer: Consumer,
-        engine: Engine,
         batch: list[Message],
     ) -> None:
+        topics = self.config.topics
         offsets: dict[tuple[str, int], int] = {}
+        routed: list[Message] = []
         for msg in batch:
             error = msg.error()
             if error is not None:
@@ -449,24 +633,50 @@ class AlertService:
                     raise AlertError(f"the consumer failed: {error.str()}; {_RESTART}")
                 self.link.on_error(error)
                 continue
-            self._apply(engine, msg)
-            offsets[(str(msg.topic()), int(msg.partition() or 0))] = int(msg.offset() or 0) + 1
+            topic, partition = str(msg.topic()), int(msg.partition() or 0)
+            if topic == topics.alert_repartition:
+                if partition not in self.owned:
+                    continue  # taken away while this batch was fetched: its new owner reads it
+                self._apply(msg)
+            elif (topic, partition) not in self._assigned:
+                continue  # the same
+            elif topic == topics.telemetry:
+                self._apply(msg)
+            else:
+                routed.append(msg)
+            offsets[(topic, partition)] = int(msg.offset() or 0) + 1
         if batch and len(offsets) > 0:
             self.link.reachable()
+        engine = self._engine
         effects = engine.drain()
         states = engine.store.take_dirty()
         if not offsets and not effects and not states:
             return
-        topics = self.config.topics
+        count = self.partitions
         self._call(stop, "begin a Kafka transaction", producer.begin_transaction, attempts=1)
+        for msg in routed:
+            partition, headers = self._route(msg)
+            self._produce(
+                producer,
+                topics.alert_repartition,
+                msg.value() or b"",
+                msg.key(),
+                partition,
+                headers,
+                msg.timestamp()[1],  # the replay sees the time the original arrived
+            )
         for alert in effects.alerts:
-            self._produce(producer, topics.alerts, alert["key"], alert)
+            self._produce(producer, topics.alerts, _json(alert), alert["key"].encode())
         for flag in effects.maintenance:
-            self._produce(producer, topics.maintenance, flag["train_id"], flag)
+            train = str(flag["train_id"])
+            partition = partition_of(train, count)
+            self._produce(producer, topics.maintenance, _json(flag), train.encode(), partition)
         for command in effects.commands:
-            self._produce(producer, topics.commands, command["train_id"], command)
+            self._produce(producer, topics.commands, _json(command), command["train_id"].encode())
         for key, state in states:
-            self._produce(producer, topics.alert_state, key, state)
+            # The key is not the train id: the partition is given, the train's own.
+            partition = partition_of(key.split("/", 1)[0], count)
+            self._produce(producer, topics.alert_state, _json(state), key.encode(), partition)
         if offsets:
             positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             group = consumer.consumer_group_metadata()
@@ -481,16 +691,31 @@ class AlertService:
             lambda: producer.commit_transaction(_TXN_TIMEOUT_S),
         )
         self.counters.alerts += len(effects.alerts)
+        self.counters.routed += len(routed)
         self.counters.transactions += 1
         if self.notifier is not None:  # only what is committed; a queue put, nothing more
             self.notifier.publish(effects.alerts, effects.maintenance)
 
     @staticmethod
-    def _produce(producer: Producer, topic: str, key: str, value: dict[str, Any]) -> None:
-        payload = json.dumps(value, separators=(",", ":")).encode()
+    def _produce(
+        producer: Producer,
+        topic: str,
+        payload: bytes,
+        key: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp_ms: int = 0,
+    ) -> None:
+        extra: dict[str, Any] = {}
+        if partition is not None:
+            extra["partition"] = partition
+        if headers:
+            extra["headers"] = headers
+        if timestamp_ms > 0:
+            extra["timestamp"] = timestamp_ms
         while True:
             try:
-                producer.produce(topic, payload, key.encode())
+                producer.produce(topic, payload, key, **extra)
                 return
             except BufferError:
                 producer.poll(0.1)  # the local queue is full: let librdkafka send, then retry
@@ -502,10 +727,10 @@ class AlertService:
 
     def _abort_and_rewind(
         self, stop: threading.Event, producer: Producer, consumer: Consumer, error: KafkaError
-    ) -> Engine:
-        """Abort the open transaction and go back to what was committed: the consumer to the
-        committed offsets, the engine to the committed state. The replay then writes what the
-        aborted transaction would have written."""
+    ) -> None:
+        """Abort the open transaction and go back to what was committed: the consumers to the
+        committed offsets, the engine to the committed state of the owned partitions. The
+        replay then writes what the aborted transaction would have written."""
         log.warning(
             "aborting a Kafka transaction (%s); replaying from the last committed offsets",
             error.str(),
@@ -520,17 +745,25 @@ class AlertService:
             )
         except _MustAbortError as again:
             raise AlertError(f"cannot abort a Kafka transaction: {again}; {_RESTART}") from again
+        assert self._routed is not None
         try:
-            committed = consumer.committed(consumer.assignment(), timeout=_TIMEOUT_S)
-            for position in committed:
-                if position.offset < 0:  # nothing committed yet: auto.offset.reset=earliest
-                    position.offset = OFFSET_BEGINNING
-                consumer.seek(position)
+            for reader in (consumer, self._routed):
+                for position in self._committed(consumer, reader.assignment()):
+                    reader.seek(position)
         except KafkaException as exc:
             raise AlertError(
                 f"cannot rewind to the committed offsets: {_describe(exc)}; {_RESTART}"
             ) from exc
-        return Engine(self.rules, self._restore(stop))
+        self._engine = Engine(self.rules, self._restore(stop, sorted(self.owned)))
+
+
+# Headers of a routed record: where it came from (`status` or `action`) and its original key.
+_SOURCE = "trackside.source"
+_KEY = "trackside.key"
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _bounded(call: Callable[[], object], timeout: float, what: str) -> None:

@@ -10,6 +10,7 @@ train. Only records that changed are written, once per transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -143,6 +144,20 @@ class StateStore:
                 self.rules[key] = state
             else:  # written under an earlier key layout: its state is not this one's
                 log.info("ignored the alert state under %r (key layout of an earlier release)", key)
+
+    def update(self, other: StateStore) -> None:
+        """Add the states of `other` (the partitions just restored) to these."""
+        self.rules.update(other.rules)
+        self.devices.update(other.devices)
+        self.maintenance.update(other.maintenance)
+
+    def drop(self, gone: Callable[[str], bool]) -> None:
+        """Forget every state of the trains for which `gone(train_id)` holds (their partition
+        moved to another instance, which restores them from Kafka)."""
+        self.rules = {k: s for k, s in self.rules.items() if not gone(s.train_id)}
+        self.devices = {k: d for k, d in self.devices.items() if not gone(d.train_id)}
+        self.maintenance = {k: m for k, m in self.maintenance.items() if not gone(k)}
+        self.dirty = {k for k in self.dirty if not gone(k.split("/", 1)[0])}
 
     def restore_maintenance(self, value: bytes) -> None:
         """Load one record of the maintenance topic; ValueError if it is not one."""

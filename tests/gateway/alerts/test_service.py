@@ -289,17 +289,18 @@ def test_policy_disables_a_flagged_train_and_a_clear_enables_it(
         )
         send(topics.operator_actions, "T9", {"action": "clear", "train_id": "T9", "by": "maria",
                                               "at_ms": 6})
-        acked = alerts.wait(lambda r: len(r) == 2)[1]
+        # The ack and the clear may be committed in one transaction: both events at once.
+        acked = alerts.wait(lambda r: len(r) >= 2)[1]
         assert (acked["state"], acked["acked_by"], acked["acked_at_ms"]) == (
             "acknowledged",
             "maria",
             5,
         )
-        cleared = flags.wait(lambda r: len(r) == 2)[1]
+        cleared = flags.wait(lambda r: len(r) >= 2)[1]
         assert (cleared["flagged"], cleared["by"], cleared["disabled"]) == (False, "maria", False)
-        enable = commands.wait(lambda r: len(r) == 2)[1]
+        enable = commands.wait(lambda r: len(r) >= 2)[1]
         assert (enable["train_id"], enable["op"]) == ("T9", "enable")
-        resolved = alerts.wait(lambda r: len(r) == 3)[2]  # the clear ends the train's alerts
+        resolved = alerts.wait(lambda r: len(r) >= 3)[2]  # the clear ends the train's alerts
         assert (resolved["key"], resolved["state"], resolved["cleared_by"]) == (
             firing["key"],
             "resolved",
