@@ -88,7 +88,25 @@ class KafkaTarget(_Frozen):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "trackside.telemetry"
     key: str = "{train_id}"
+    # For the topic and the dead-letter topic, when the connector creates them (bridge.topics).
+    partitions: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="Default: replication_factor - 1, at least 1."
+    )
     settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _writable(self) -> KafkaTarget:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"min_insync_replicas {self.min_insync_replicas} is more than "
+                f"replication_factor {self.replication_factor}: Kafka would refuse every "
+                "acks=all write; lower it or raise replication_factor"
+            )
+        return self
 
 
 class TransformConfig(_Frozen):

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 from pydantic import BaseModel, ConfigDict
 
+from bridge.topics import TopicError, create_missing, new_topic
+from bridge.topics import min_insync_replicas as min_insync_replicas_for
 from gateway import GatewayError
 
 __all__ = ["Topics", "create_topics", "ensure_topics"]
@@ -50,32 +51,28 @@ def create_topics(
     partitions: int = 1,
     replication_factor: int = 1,
     timeout_s: float = 30.0,
+    *,
+    min_insync_replicas: int | None = None,
 ) -> list[str]:
     """Create each topic of `topics` not in `existing` (the alert-state and maintenance topics
-    compacted: only each key's last record matters); the names created."""
+    compacted: only each key's last record matters); the names created. `min_insync_replicas`
+    defaults to one fewer than `replication_factor`, at least 1 (2 of 3 copies)."""
     compacted = {topics.alert_state, topics.maintenance}
+    insync = min_insync_replicas_for(replication_factor, min_insync_replicas)
     wanted = [
-        NewTopic(
+        new_topic(
             name,
-            num_partitions=partitions,
-            replication_factor=replication_factor,
-            config={"cleanup.policy": "compact"} if name in compacted else {},
+            partitions,
+            replication_factor,
+            insync,
+            {"cleanup.policy": "compact"} if name in compacted else None,
         )
         for name in dict.fromkeys(topics.model_dump().values())
-        if name not in existing
     ]
-    if not wanted:
-        return []
-    for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise GatewayError(
-                    f"cannot create topic {name!r}: {exc.args[0].str()}; create it by hand "
-                    "or give the service the right to"
-                ) from exc
-    return [topic.topic for topic in wanted]
+    try:
+        return create_missing(admin, wanted, existing, timeout_s)
+    except TopicError as exc:
+        raise GatewayError(str(exc)) from exc
 
 
 def ensure_topics(
