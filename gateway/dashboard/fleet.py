@@ -2,8 +2,10 @@
 
 `Fleet.apply` takes one Kafka record (topic kind, key, value bytes, record timestamp) and
 updates the view; invalid records are counted and skipped, never raised. Memory is bounded:
-`history` values per channel and train, `ALERT_HISTORY` alert events per train. The reader
-thread applies records while the web server reads snapshots, so every method takes the lock.
+`history` values per channel and train, and before them an hour at `COARSE_S` resolution (the
+lowest and the highest value of each 30 s, so the train page's hour-long chart keeps every peak
+for 2 x 120 points a channel); `ALERT_HISTORY` alert events per train. The reader thread
+applies records while the web server reads snapshots, so every method takes the lock.
 """
 
 from __future__ import annotations
@@ -30,6 +32,28 @@ SEVERITY_ORDER = ("info", "warning", "critical")
 JsonObject = dict[str, Any]
 
 
+COARSE_S = 30  # one bucket of the hour before the recent values
+COARSE_BUCKETS = 120  # an hour of them
+
+
+@dataclass
+class _Bucket:
+    """The lowest and the highest value of one channel in one COARSE_S stretch."""
+
+    start_ms: int
+    low: tuple[int, float]
+    high: tuple[int, float]
+
+    def add(self, at_ms: int, value: float) -> None:
+        if value < self.low[1]:
+            self.low = (at_ms, value)
+        if value > self.high[1]:
+            self.high = (at_ms, value)
+
+    def points(self) -> list[tuple[int, float]]:
+        return sorted({self.low, self.high})
+
+
 @dataclass
 class _Train:
     train_id: str
@@ -37,6 +61,7 @@ class _Train:
     last_seen_ms: int | None = None
     latest: dict[str, float] = field(default_factory=dict)
     channels: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
+    coarse: dict[str, deque[_Bucket]] = field(default_factory=dict)
     maintenance: JsonObject | None = None
     alert_history: deque[JsonObject] = field(default_factory=lambda: deque(maxlen=ALERT_HISTORY))
     active: dict[str, JsonObject] = field(default_factory=dict)  # firing or acknowledged, by key
@@ -121,6 +146,7 @@ class Fleet:
             if points is None:
                 points = train.channels[channel] = deque(maxlen=self.history)
             points.append((at_ms, number))
+            _add_coarse(train.coarse, channel, at_ms, number)
         return True
 
     def _apply_status(self, key: str | None, status: Any, timestamp_ms: int) -> bool:
@@ -200,7 +226,9 @@ class Fleet:
                 return None
             return {
                 **self._summary(train),
-                "channels": {c: [list(p) for p in v] for c, v in sorted(train.channels.items())},
+                "channels": {
+                    c: [list(p) for p in _chart_points(train, c)] for c in sorted(train.channels)
+                },
                 "alert_history": list(reversed(train.alert_history)),
             }
 
@@ -232,6 +260,30 @@ def alert_order(event: JsonObject) -> tuple[int, int, str]:
     severity = event.get("severity")
     rank = SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else -1
     return (-rank, -int(event.get("since_ms") or 0), str(event["key"]))
+
+
+def _add_coarse(coarse: dict[str, deque[_Bucket]], channel: str, at_ms: int, value: float) -> None:
+    buckets = coarse.get(channel)
+    if buckets is None:
+        buckets = coarse[channel] = deque(maxlen=COARSE_BUCKETS)
+    start_ms = at_ms - at_ms % (COARSE_S * 1000)
+    if buckets and buckets[-1].start_ms == start_ms:
+        buckets[-1].add(at_ms, value)
+    elif not buckets or start_ms > buckets[-1].start_ms:  # a late reading only updates "now"
+        buckets.append(_Bucket(start_ms, (at_ms, value), (at_ms, value)))
+
+
+def _chart_points(train: _Train, channel: str) -> list[tuple[int, float]]:
+    """The hour before the recent values at COARSE_S resolution, then the recent values."""
+    recent = train.channels[channel]
+    first_ms = recent[0][0] if recent else None
+    older = [
+        point
+        for bucket in train.coarse.get(channel, ())
+        for point in bucket.points()
+        if first_ms is None or point[0] < first_ms
+    ]
+    return older + list(recent)
 
 
 def _value_at(train: _Train, sensor: Any, ts_ms: Any) -> float | None:

@@ -22,7 +22,26 @@ def test_readings_make_trains_with_latest_values_and_bounded_history() -> None:
     assert train["values"] == {"engine_temp": 91.0}
     assert train["status"] == "online"
     assert train["last_seen_ms"] == NOW
-    assert train["channels"]["engine_temp"] == [[NOW + s * 1000, 80.0 + s] for s in range(7, 12)]
+    recent = [[NOW + s * 1000, 80.0 + s] for s in range(7, 12)]
+    assert train["channels"]["engine_temp"][-5:] == recent  # the kept values, then before them
+    older = train["channels"]["engine_temp"][:-5]  # each 30 s's lowest and highest
+    assert older and all(point[0] < recent[0][0] for point in older)
+    assert [NOW, 80.0] in older
+
+
+def test_the_hour_before_the_recent_values_keeps_each_30_s_lowest_and_highest() -> None:
+    fleet = Fleet(history=120)
+    for seq in range(3600):  # an hour at one reading a second, one spike 50 minutes ago
+        value = 150.0 if seq == 600 else 80.0 + seq % 3
+        _apply(fleet, "telemetry", "T101", reading("T101", seq, engine_temp=value))
+    train = fleet.train("T101")
+    assert train is not None
+    points = train["channels"]["engine_temp"]
+    assert points[-120:] == [[NOW + s * 1000, 80.0 + s % 3] for s in range(3480, 3600)]
+    assert points[0][0] - NOW < 30_000 and NOW + 3_599_000 - points[0][0] > 3_500_000
+    assert [NOW + 600_000, 150.0] in points  # the peak survives the thinning
+    assert len(points) <= 120 + 2 * 120
+    assert [p[0] for p in points] == sorted(p[0] for p in points)
 
 
 def test_redelivered_readings_are_drawn_once() -> None:
