@@ -61,6 +61,7 @@ class DeviceUpdate:
     last_offer: float = 0.0
     fetch_started: float | None = None  # the first chunk request
     switched: float | None = None  # the device said it switches slots
+    old_app_since: float | None = None  # after the switch, the old app came back online
     ended: float | None = None
 
     @property
@@ -158,6 +159,9 @@ class Push:
             update.last_heard, update.last_offer
         ) > self._retry_s:
             self._send_offer(update)  # the device went quiet: a lost message, or it rebooted
+        elif update.old_app_since is not None and now - update.old_app_since > self._retry_s:
+            update.old_app_since = None
+            self._send_offer(update)
 
     def _on_connect(
         self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
@@ -182,11 +186,15 @@ class Push:
             if update.state in FINAL:
                 return
             if leaf == "status":
-                # Online and not running this release: offer it (again, if a power loss
-                # during the switch left the old app running; the device finds its files).
-                if (body.get("state") in ONLINE and body.get("app") != self.release.version
-                        and update.state in ("waiting", "offered", "switching")):
+                online = body.get("state") in ONLINE
+                if online and update.state in ("waiting", "offered"):
                     self._send_offer(update)
+                elif update.state == "switching":
+                    # The old app after the switch: a rollback, whose verdict follows at once,
+                    # or a power loss before the switch took, after which _tick offers again
+                    # (the device finds its files complete).
+                    old = online and body.get("app") != self.release.version
+                    update.old_app_since = time.monotonic() if old else None
             elif body.get("id") in (self.rid, None) and ("ota" in body or body.get("id")):
                 update.last_heard = time.monotonic()
                 self._reply(update, body)

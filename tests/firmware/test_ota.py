@@ -117,12 +117,13 @@ def rig(
 
 def _release(version: str, tmp_path: Path, app_prefix: str = "",
              key: Ed25519PrivateKey = KEY) -> Release:
+    """A signed unix release; `app_prefix` goes at the top of its app.py."""
     firmware = None
     if app_prefix:
         firmware = tmp_path / f"firmware-{version}"
         shutil.copytree(FIRMWARE, firmware)
-        app = firmware / "app.py"
-        app.write_text(app_prefix + app.read_text())
+        source = firmware / "app.py"
+        source.write_text(app_prefix + source.read_text())
     return read_release(build_release("unix", version, key, firmware))
 
 
@@ -157,6 +158,25 @@ def test_a_release_that_raises_at_import_is_rolled_back(
     wait_until(lambda: r.status().get("state") == "online", 30, "the old app online")
     assert (r.status()["app"], r.status()["slot"]) == ("", "")
     assert "ota: rolled back: RuntimeError: broken release" in r.device.log()
+
+
+def test_a_release_that_never_passes_its_health_check_is_rolled_back_at_the_deadline(
+    rig: Callable[..., OtaRig], tmp_path: Path
+) -> None:
+    r = rig(ota_probation_s=3)
+    # Its link dials a port where nothing listens: it runs, but never connects.
+    unreachable = (
+        "from link import Link\n"
+        "_init = Link.__init__\n"
+        "def _nowhere(self, cfg, *rest):\n"
+        "    cfg['broker']['port'] = 1\n"
+        "    _init(self, cfg, *rest)\n"
+        "Link.__init__ = _nowhere\n"
+    )
+    verdict = r.push(_release("7.0.0", tmp_path, unreachable))
+    assert verdict.state == "rolled_back", verdict
+    assert verdict.detail == "no health check within 3 s"
+    assert (r.status()["app"], r.status()["slot"]) == ("", "")
 
 
 def test_a_release_signed_by_another_key_is_refused(
