@@ -37,6 +37,8 @@ __all__ = ["Effects", "Engine", "Reading"]
 log = logging.getLogger(__name__)
 
 STALE_SENSOR = "readings"  # the sensor of a stale rule's state: what stopped coming
+# Operator actions the dashboard records for maintenance windows (its silences).
+WINDOW_ACTIONS = ("maintenance_window", "maintenance_window_end")
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ class Engine:
                 self._ack(str(action["key"]), str(action["by"]), int(action["at_ms"]))
             elif action["action"] == "clear":
                 self._clear(str(action["train_id"]), str(action["by"]), int(action["at_ms"]))
+            elif action["action"] in WINDOW_ACTIONS:
+                pass  # the record of who set a window; Alertmanager holds the silence itself
             else:
                 log.warning("ignored an operator action of unknown kind %r", action["action"])
         except (KeyError, TypeError, ValueError) as exc:

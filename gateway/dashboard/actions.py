@@ -48,7 +48,7 @@ def window_action(
     train_id: str, by: str, silence_id: str, until_ms: int, comment: str
 ) -> dict[str, Any]:
     """The record of a maintenance window set (an Alertmanager silence of the train's alerts);
-    the alert service only logs it: the silence itself lives in Alertmanager."""
+    the alert service passes over it: the silence itself lives in Alertmanager."""
     return {
         "action": "maintenance_window",
         "train_id": train_id,

@@ -226,6 +226,7 @@ def test_ack_repeats_the_firing_event_with_who_and_when() -> None:
     engine.action({"action": "ack", "key": firing["key"], "by": "maria", "at_ms": 5000})
     engine.action({"action": "ack", "key": "T1/nope/x", "by": "maria", "at_ms": 5000})
     engine.action({"action": "bogus"})
+    engine.action({"action": "maintenance_window", "train_id": "T1", "by": "maria"})
     (acked,) = engine.drain().alerts
     assert "acked by maria" in acked.pop("message")
     firing.pop("message")
