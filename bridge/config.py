@@ -171,9 +171,16 @@ def read_yaml_mapping(
     return raw
 
 
-def load_yaml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
-    """Read a YAML file into a frozen model; any problem names the file and the key."""
-    raw = read_yaml_mapping(path)
+def load_yaml_model(
+    path: Path,
+    model: type[M],
+    overrides: dict[str, Any] | None = None,
+    error: type[Exception] = ConfigError,
+    what: str = "file",
+) -> M:
+    """Read a YAML file into a frozen model; any problem raises `error` naming the file and
+    the key."""
+    raw = read_yaml_mapping(path, error, what)
     for key, value in (overrides or {}).items():
         raw[key] = {**raw.get(key, {}), **value}
     try:
@@ -183,7 +190,7 @@ def load_yaml_model(path: Path, model: type[M], overrides: dict[str, Any] | None
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise error(f"{path}: {problems}") from exc
 
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> ConnectorConfig:

@@ -30,6 +30,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bridge.config import load_yaml_model
 from gateway import GatewayError
 from gateway.credentials import hash_password, verify_password, write_private
 
@@ -148,15 +149,7 @@ class Registry:
         if not self.path.exists():
             self.accounts, self.mtime_ns = {}, 0
             return
-        try:
-            raw = yaml.safe_load(self.path.read_text()) or {}
-            parsed = _File.model_validate(raw)
-        except (OSError, yaml.YAMLError) as exc:
-            raise RegistryError(f"{self.path}: cannot read the device registry: {exc}") from exc
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            raise RegistryError(f"{self.path}: {key}: {first['msg']}") from exc
+        parsed = load_yaml_model(self.path, _File, error=RegistryError, what="device registry")
         self.accounts = {a.username: a for a in parsed.accounts}
         self.mtime_ns = self.path.stat().st_mtime_ns
 

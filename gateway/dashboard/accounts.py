@@ -26,6 +26,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bridge.config import load_yaml_model
 from gateway.credentials import hash_password, verify_password, write_private
 from gateway.dashboard import DashboardError
 
@@ -98,15 +99,7 @@ class UsersFile:
             if not self.path.exists():
                 self.users, self.mtime_ns = {}, 0
                 return
-            try:
-                raw = yaml.safe_load(self.path.read_text()) or {}
-                parsed = _File.model_validate(raw)
-            except (OSError, yaml.YAMLError) as exc:
-                raise AccountsError(f"{self.path}: cannot read the users file: {exc}") from exc
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                key = ".".join(str(p) for p in first["loc"])
-                raise AccountsError(f"{self.path}: {key}: {first['msg']}") from exc
+            parsed = load_yaml_model(self.path, _File, error=AccountsError, what="users file")
             users: dict[str, User] = {}
             for i, user in enumerate(parsed.users):
                 if user.name in users:
