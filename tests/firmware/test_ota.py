@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typer.testing import CliRunner
 
+from gateway.cli import build_app
 from gateway.firmware_bundle import FIRMWARE
 from gateway.ota.push import DeviceUpdate, Push, Target
 from gateway.ota.release import Release, build_release, read_release
@@ -97,13 +99,14 @@ def rig(
     unix_device: Callable[..., UnixDevice],
     observe: Callable[[BrokerHandle, UnixDevice], Observer],
 ) -> Iterator[Callable[..., OtaRig]]:
-    """A device that trusts KEY, on the embedded broker."""
+    """A device that trusts KEY, on the embedded broker unless given another."""
     rigs: list[OtaRig] = []
 
-    def make(**overrides: object) -> OtaRig:
-        device = unix_device(amqtt_broker, boot=False, ota_key=PUBLIC_HEX, **overrides)
-        observer = observe(amqtt_broker, device)
-        made = OtaRig(amqtt_broker, device, observer, Supervised(device))
+    def make(broker: BrokerHandle | None = None, **overrides: object) -> OtaRig:
+        broker = broker or amqtt_broker
+        device = unix_device(broker, boot=False, ota_key=PUBLIC_HEX, **overrides)
+        observer = observe(broker, device)
+        made = OtaRig(broker, device, observer, Supervised(device))
         rigs.append(made)
         wait_until(lambda: made.status().get("state") == "online", 30, "the device online")
         return made
@@ -146,6 +149,29 @@ def test_an_update_is_fetched_switched_and_confirmed(
     assert (state["slot"], state["ver"]) == ("b", "1.2.0")
     before = len(r.observer.readings())
     wait_until(lambda: len(r.observer.readings()) > before + 3, 30, "readings from 1.2.0")
+
+
+def test_the_push_command_updates_a_device_and_says_so(
+    rig: Callable[..., OtaRig], tmp_path: Path
+) -> None:
+    r = rig()
+    bundle = tmp_path / "app-1.1.0-unix.tar"
+    bundle.write_bytes(build_release("unix", "1.1.0", KEY))
+    (tmp_path / "release.pub").write_text(PUBLIC_HEX + "\n")
+    result = CliRunner().invoke(build_app(), [
+        "ota", "push", str(bundle), "--train", r.device.train_id, "--device",
+        str(r.device.device_id), "--host", r.broker.host, "--port", str(r.broker.port),
+        "--public-key", str(tmp_path / "release.pub"), "--timeout", "60"])
+    assert result.exit_code == 0, result.output
+    assert "confirmed" in result.output
+
+
+def test_an_update_through_mosquitto(
+    rig: Callable[..., OtaRig], mosquitto: BrokerHandle, tmp_path: Path
+) -> None:
+    r = rig(mosquitto)
+    assert r.push(_release("1.1.0", tmp_path)).state == "confirmed"
+    wait_until(lambda: r.status().get("app") == "1.1.0", 30, "status from the new release")
 
 
 def test_a_release_that_raises_at_import_is_rolled_back(
