@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -119,52 +120,40 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     names = [c.name for c in connectors]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: connectors: names must be unique, got {names}")
-    broker = config.broker
-    updates: dict[str, object] = {}
-    if broker.registry is not None and not broker.registry.is_absolute():
-        updates["registry"] = path.parent / broker.registry
+    folder = path.parent
+    broker = _from_folder(config.broker, folder, "registry")
     if broker.tls is not None:
-        updates["tls"] = broker.tls.model_copy(
-            update={
-                "cert_file": path.parent / broker.tls.cert_file,
-                "key_file": path.parent / broker.tls.key_file,
-            }
+        broker = broker.model_copy(
+            update={"tls": _from_folder(broker.tls, folder, "cert_file", "key_file")}
         )
-    alerts = config.alerts
-    if alerts is not None and not alerts.rules_file.is_absolute():
-        alerts = alerts.model_copy(update={"rules_file": path.parent / alerts.rules_file})
     dashboard = config.dashboard
     if dashboard is not None:
-        dashboard = dashboard.model_copy(update=_dashboard_paths(path, dashboard))
-    alertmanager = config.alertmanager
-    if alertmanager is not None:
-        alertmanager = alertmanager.model_copy(
-            update={
-                "notifications": path.parent / alertmanager.notifications,
-                "state_dir": path.parent / alertmanager.state_dir,
-            }
-        )
+        dashboard = _from_folder(dashboard, folder, "users_file", "rules_file")
+        if dashboard.tls is not None:
+            tls = _from_folder(dashboard.tls, folder, "cert_file", "key_file")
+            dashboard = dashboard.model_copy(update={"tls": tls})
+    alerts, alertmanager = config.alerts, config.alertmanager
     return config.model_copy(
         update={
             "connectors": connectors,
-            "broker": broker.model_copy(update=updates),
-            "alerts": alerts,
+            "broker": broker,
+            "alerts": alerts and _from_folder(alerts, folder, "rules_file"),
             "dashboard": dashboard,
-            "alertmanager": alertmanager,
+            "alertmanager": alertmanager
+            and _from_folder(alertmanager, folder, "notifications", "state_dir"),
         }
     )
 
 
-def _dashboard_paths(path: Path, dashboard: DashboardConfig) -> dict[str, object]:
-    """The dashboard's users file and TLS files, taken from `path`'s folder when relative."""
-    updates: dict[str, object] = {}
-    if dashboard.users_file is not None:
-        updates["users_file"] = path.parent / dashboard.users_file
-    if dashboard.tls is not None:
-        updates["tls"] = dashboard.tls.model_copy(
-            update={
-                "cert_file": path.parent / dashboard.tls.cert_file,
-                "key_file": path.parent / dashboard.tls.key_file,
-            }
-        )
-    return updates
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _from_folder(model: _M, folder: Path, *fields: str) -> _M:
+    """`model` with its path `fields` taken from `folder` when relative (absolute ones and
+    None stay as they are, and count as not set if they were not)."""
+    updates = {
+        name: folder / value
+        for name in fields
+        if (value := getattr(model, name)) is not None and not value.is_absolute()
+    }
+    return model.model_copy(update=updates) if updates else model
