@@ -475,8 +475,17 @@ def process_alive(pid: int) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        return True
+        return not _zombie(pid)
     return done == 0
+
+
+def _zombie(pid: int) -> bool:
+    """Exited, not yet reaped by its parent (a detached broker's parent may be slow to)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (not Linux), or it is gone already
+        return False
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 def _cluster_id() -> str:
