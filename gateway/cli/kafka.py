@@ -85,7 +85,7 @@ def up(
         f"{CLUSTER_HEAP} with --brokers 2 or more].",
         show_default=False,
     ),
-    timeout: float = typer.Option(180.0, help="Seconds to wait until every broker serves."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait until every broker serves."),
 ) -> None:
     """Start Kafka in the background and wait until every broker serves requests."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
