@@ -18,7 +18,7 @@ OPS = ("disable", "enable", "reboot", "identify", "ota")
 EPOCH_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
 _BURST = const(16)  # readings sent per service round at most, so that commands stay responsive
 STATUS = ('{"state":"%s","boot_id":%d,"seq":%d,"dropped":%d,"outbox":%d,"uptime_s":%d,"fw":"%s",'
-          '"app":"%s","slot":"%s"}')
+          '"app":"%s","slot":"%s","board":"%s","cfg":%d,"heap":%d%s}')
 
 
 class App:
@@ -28,6 +28,7 @@ class App:
         self.device_id = cfg["device_id"]
         self.sample_ms = cfg.get("sample_ms", 1000)
         self.enable = {}  # channel name -> False to stop reading it (retained config)
+        self.cfg = 0  # the version of the retained config applied (0: none yet), in the status
         self.seq = 0
         try:
             with open(STATE_FILE) as f:
@@ -52,7 +53,7 @@ class App:
         self._status_due = 0
         # From slots.py: the release running and its slot (docs/ota.md), and what to do once
         # the first status is acknowledged (0: only clear the failed-boot marker).
-        self.release = cfg.get("release", ("", ""))
+        self.release = cfg.get("release", ("", "")) + (cfg.get("board", ""),)  # and the board
         self.healthy = cfg.get("healthy")
         self._update = False  # an update offered: reboot into its client once the outbox is empty
 
@@ -159,9 +160,11 @@ class App:
         return frame is not None
 
     def publish_status(self):
+        rssi = self.board.rssi()  # None on a board without a radio: the key is left out
         self.link.publish(self._status, STATUS % ((
             "disabled" if self.disabled else "online", self.boot_id, self.seq,
-            self.outbox.dropped, len(self.outbox), self._up_ms // 1000, FW) + self.release), True)
+            self.outbox.dropped, len(self.outbox), self._up_ms // 1000, FW) + self.release + (
+            self.cfg, gc.mem_free(), "" if rssi is None else ',"rssi":%d' % rssi)), True)
         self._status_due = time.ticks_add(time.ticks_ms(), self._status_ms)
 
     def configure(self, payload):
@@ -169,6 +172,9 @@ class App:
             cfg = json.loads(payload)
             sample_ms = cfg.get("sample_ms", self.sample_ms)
             enable = cfg.get("enable", {})
+            version = cfg.get("version", self.cfg)
+            if not isinstance(version, int):
+                raise ValueError("version must be an integer")
             if not isinstance(sample_ms, int) or not 100 <= sample_ms <= 3600000:
                 raise ValueError("sample_ms must be an integer from 100 to 3600000")
             for name in enable:
@@ -179,6 +185,9 @@ class App:
             return
         self.sample_ms = sample_ms
         self.enable.update(enable)
+        if version != self.cfg:  # the gateway learns at once that the version runs here
+            self.cfg = version
+            self._status_due = time.ticks_ms()
 
     def command(self, payload):
         try:

@@ -45,6 +45,10 @@ class Board:
     def net_up(self):
         return True
 
+    def rssi(self):
+        """The radio's signal strength in dBm, or None without a radio."""
+        return None
+
     def sync_time(self):
         """True when the clock is wall-clock UTC."""
         return True

@@ -88,6 +88,12 @@ class WifiBoard(Board):
             self._wlan.connect(self._wifi["ssid"], self._wifi["password"])
         return False
 
+    def rssi(self):
+        try:
+            return self._wlan.status("rssi")
+        except (OSError, ValueError):  # not associated, or a port without the query
+            return None
+
     def sync_time(self):
         if not self._synced and self._wlan.isconnected():
             try:

@@ -22,6 +22,7 @@ from gateway.alertmanager import DEFAULT_NOTIFICATIONS, DEFAULT_PORT
 from gateway.alerts.config import ServiceConfig
 from gateway.broker import BrokerSettings
 from gateway.dashboard.config import DashboardConfig
+from gateway.devices_config import ConfigSettings
 
 __all__ = [
     "AlertmanagerRun",
@@ -108,6 +109,7 @@ class GatewayConfig(BaseModel):
     alertmanager: AlertmanagerRun | None = Field(
         None, description="Run Alertmanager here too; the alert service posts to it."
     )
+    device_config: ConfigSettings = ConfigSettings()
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:

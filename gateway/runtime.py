@@ -17,6 +17,7 @@ import logging
 import signal
 import ssl
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -32,6 +33,7 @@ from gateway.broker import DurableBroker, publish_check
 from gateway.config import AlertmanagerRun, GatewayConfig
 from gateway.dashboard.config import DashboardConfig
 from gateway.dashboard.server import create_app, tls_context
+from gateway.devices_config import ConfigPublisher, EmbeddedRetainer, MqttRetainer, Retainer
 from gateway.http_api import make_app
 from gateway.intake import BrokerIntake
 from gateway.localkafka import stop_pid
@@ -97,6 +99,12 @@ async def run_gateway(
             await broker.start()
             on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
         workers = await _start_alerting(config, services, on_ready)
+        device_config = _device_config(config, broker)
+        if device_config is not None:
+            workers["device-config"] = await services.enter_async_context(
+                _supervised("device config", device_config.run)
+            )
+            on_ready("device config publisher running")
         dashboard = _dashboard_config(config)
         if dashboard is not None:
             await services.enter_async_context(
@@ -213,6 +221,34 @@ async def _alertmanager(settings: AlertmanagerRun) -> AsyncIterator[str]:
             proc.wait(5)
 
 
+def _device_config(config: GatewayConfig, broker: DurableBroker | None) -> ConfigPublisher | None:
+    """The desired-config publisher (gateway/devices_config.py), where a connector carries
+    commands to the devices: it reaches Kafka and the devices as that connector does."""
+    relay = next((c for c in config.connectors if c.commands is not None), None)
+    if relay is None or not config.device_config.enabled:
+        return None
+    retainer: Retainer
+    if broker is not None and _on_embedded_broker(config, relay):
+        retainer = EmbeddedRetainer(broker, asyncio.get_running_loop())
+    else:
+        retainer = MqttRetainer(relay.mqtt)
+    kafka = relay.kafka
+    return ConfigPublisher(config.device_config, kafka.bootstrap_servers, retainer, kafka.settings)
+
+
+@contextlib.asynccontextmanager
+async def _supervised(
+    name: str, target: Callable[[threading.Event], None]
+) -> AsyncIterator[Supervisor]:
+    """`target` in a supervised thread, restarted with backoff when it fails; stopped last."""
+    supervisor = Supervisor(name, target)
+    supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        await asyncio.to_thread(supervisor.stop, 30)
+
+
 @contextlib.asynccontextmanager
 async def _alert_service(config: ServiceConfig) -> AsyncIterator[Supervisor]:
     """The alert service in a supervised thread: it waits while Kafka is away, and a failure
@@ -220,9 +256,5 @@ async def _alert_service(config: ServiceConfig) -> AsyncIterator[Supervisor]:
     broker and the connectors keep running either way. Yields the supervisor (`state`,
     `failure`) for health checks."""
     service = AlertService(config, load_rules(config.rules_file))
-    supervisor = Supervisor("alert service", service.run)
-    supervisor.start()
-    try:
+    async with _supervised("alert service", service.run) as supervisor:
         yield supervisor
-    finally:
-        await asyncio.to_thread(supervisor.stop, 30)

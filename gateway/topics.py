@@ -29,6 +29,8 @@ class Topics(BaseModel):
     alert_state: str = "trackside.alert-state"
     maintenance: str = "trackside.maintenance"
     commands: str = "trackside.commands"
+    # Desired config per device, key {train_id}/{device_id} (gateway/devices_config.py).
+    device_config: str = "trackside.device-config"
     # Device statuses and operator actions, routed by the alert service to their train's
     # partition (docs/alerts.md#partitions); read by the alert service only.
     alert_repartition: str = "trackside.alert-repartition"
@@ -54,10 +56,10 @@ def create_topics(
     *,
     min_insync_replicas: int | None = None,
 ) -> list[str]:
-    """Create each topic of `topics` not in `existing` (the alert-state and maintenance topics
-    compacted: only each key's last record matters); the names created. `min_insync_replicas`
-    defaults to one fewer than `replication_factor`, at least 1 (2 of 3 copies)."""
-    compacted = {topics.alert_state, topics.maintenance}
+    """Create each topic of `topics` not in `existing` (the alert-state, maintenance and
+    device-config topics compacted: only each key's last record matters); the names created.
+    `min_insync_replicas` defaults to one fewer than `replication_factor`, at least 1."""
+    compacted = {topics.alert_state, topics.maintenance, topics.device_config}
     insync = min_insync_replicas_for(replication_factor, min_insync_replicas)
     wanted = [
         new_topic(

@@ -1,4 +1,5 @@
-"""`trackside devices add|add-service|list|revoke|mosquitto`: the device registry."""
+"""`trackside devices add|add-service|list|revoke|mosquitto`: the device registry;
+`trackside devices configure`: a device's desired config (gateway/devices_config.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,27 @@ import os
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
+from gateway import GatewayError
 from gateway.cli.console import console
+from gateway.devices_config import (
+    DesiredConfig,
+    DeviceConfig,
+    read_desired,
+    twin_key,
+    write_desired,
+)
 from gateway.mosquitto import mosquitto_may_read
 from gateway.registry import Registry
+from gateway.topics import Topics
 
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="Device registry: per-device MQTT credentials and topic ACLs.", no_args_is_help=True
+    help="Device registry: per-device MQTT credentials and topic ACLs; desired configs.",
+    no_args_is_help=True,
 )
 
 REGISTRY = typer.Option(
@@ -107,3 +119,41 @@ def mosquitto(
             f"with sudo, or `sudo chgrp mosquitto {password_file} {acl_file}` and "
             f"`sudo chmod 640 {password_file} {acl_file}`[/]"
         )
+
+
+@app.command()
+def configure(
+    train: str = typer.Option(..., "--train", "-t", help="The device's train."),
+    device: int = typer.Option(..., "--device", "-d", help="The device's id."),
+    sample_ms: int | None = typer.Option(None, help="Reading period, 100 to 3600000 ms."),
+    disable: list[str] = typer.Option([], metavar="CHANNEL", help="Stop reading a channel."),
+    enable: list[str] = typer.Option([], metavar="CHANNEL", help="Read a channel again."),
+    bootstrap_servers: str = typer.Option(
+        "127.0.0.1:9092", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers."
+    ),
+    topic: str = typer.Option(Topics().device_config, help="The desired-config topic."),
+) -> None:
+    """Set a device's desired config, as the next version: what is not given stays as the
+    previous version had it. The gateway sends it to the device (retained) and shows drift
+    until the device reports running it."""
+    key = twin_key(train, device)
+    previous = read_desired(bootstrap_servers, topic, key)
+    base = previous.config if previous else DeviceConfig()
+    changes = {**{c: False for c in disable}, **{c: True for c in enable}}
+    try:
+        desired = DesiredConfig(
+            version=previous.version + 1 if previous else 1,
+            config=DeviceConfig(
+                sample_ms=base.sample_ms if sample_ms is None else sample_ms,
+                enable={**base.enable, **changes},
+            ),
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise GatewayError(f"config refused: {problems}") from exc
+    write_desired(bootstrap_servers, topic, key, desired)
+    off = sorted(c for c, on in desired.config.enable.items() if not on)
+    console.print(
+        f"{key}: config version {desired.version} (sample_ms {desired.config.sample_ms}, "
+        f"disabled: {', '.join(off) or 'none'}); the gateway sends it to the device"
+    )

@@ -1,8 +1,12 @@
 """One simulated device of the fast mode: sensor model, sequence numbers, scenarios, commands.
 
 The device behaves as the firmware does on the wire: wire-format v2 readings with a boot id
-chosen at start and a sequence number counting from 0, a retained JSON status, and replies to
-`disable`/`enable`/`reboot`/`identify` commands. Publishing is left to the caller.
+chosen at start and a sequence number counting from 0, a retained JSON status with the
+firmware's fields (no `heap`: it has no MicroPython heap; no `rssi`: no radio; `cfg` 0: it
+does not read the retained config topic), and replies to `disable`/`enable`/`reboot`/`identify`
+commands. An `ota` offer is refused as an update client refuses one (`"ota": "refused"`), so
+that `trackside ota push` ends at once for a simulated device. Publishing is left to the
+caller.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from gateway.simulate.scenarios import CLOCK_SKEW_MS, MALFORMED_EVERY, malformed
 
 __all__ = ["FIRMWARE_VERSION", "OPS", "SimDevice", "topic"]
 
-OPS = ("disable", "enable", "reboot", "identify")
+OPS = ("disable", "enable", "reboot", "identify", "ota")
 _DWELL_AFTER_HOLD_S = 30.0  # a released train waits this long, then departs
 
 try:
@@ -156,6 +160,9 @@ class SimDevice:
                 "outbox": 0,
                 "uptime_s": int(time.monotonic() - self._started),
                 "fw": FIRMWARE_VERSION,
+                "app": FIRMWARE_VERSION,
+                "slot": "a",
+                "cfg": 0,
             },
             separators=(",", ":"),
         ).encode()
@@ -175,6 +182,8 @@ class SimDevice:
         if error is None and op not in OPS:
             error = f"unknown op {op!r}: expected one of {', '.join(OPS)}"
         changed = False
+        if error is None and op == "ota":
+            error = "a simulated device cannot be updated over the air"
         if error is None and op == "reboot":
             self.reboot()
             changed = True
@@ -191,4 +200,6 @@ class SimDevice:
         }
         if error is not None:
             reply["error"] = error
+        if op == "ota":
+            reply["ota"] = "refused"
         return json.dumps(reply, separators=(",", ":")).encode(), changed
