@@ -11,10 +11,13 @@ Several instances share the work by partition (docs/alerts.md#partitions): the t
 partitions an instance is assigned (`cooperative-sticky`) are the partitions of state it owns.
 On assignment it restores only those partitions of the state topics; on revocation it drops
 them (no transaction is open while the consumer polls, so everything it did is committed).
-Device statuses and operator actions are not keyed by train alone: whichever instance reads
-one routes it, in its transaction, to its train's partition of the repartition topic, which
-the owner of that partition reads. Offsets go into each transaction with the consumer group's
-metadata (KIP-447), so an instance that lost its partitions cannot commit for them any more.
+Device statuses and operator actions are not keyed by train alone: a second group
+(`{group_id}-router`) spreads them over the instances, and whichever instance reads one routes
+it, in a transaction of its own, to its train's partition of the repartition topic, which the
+owner of that partition reads. (One group for all three topics would not do: its assignor
+balances the count of partitions, so one instance could get no telemetry at all.) Offsets go
+into each transaction with their group's metadata (KIP-447), so an instance that lost
+partitions cannot commit for them any more.
 
 While Kafka is away the service waits (one log line, `trackside_alerts_kafka_up` 0) and goes on
 where it left off when Kafka is back. Transactional calls that fail retriably are retried a
@@ -145,7 +148,7 @@ class AlertService:
         self.partitions = 0  # of telemetry and of every state topic, known once they exist
         # The telemetry partitions this instance is assigned: the partitions of state it owns.
         self.owned: set[int] = set()
-        self._assigned: set[tuple[str, int]] = set()  # the group consumer's assignment
+        self._inbound: set[tuple[str, int]] = set()  # the router group's assignment
         self._engine = Engine(rules)
         self._stop = threading.Event()
         self._routed: Consumer | None = None  # reads the owned partitions of the repartition topic
@@ -172,7 +175,7 @@ class AlertService:
     def _run(self, stop: threading.Event) -> None:
         topics = self.config.topics
         self.link.fatal = None  # a fatal error of the previous run's clients is theirs only
-        self.owned, self._assigned = set(), set()
+        self.owned, self._inbound = set(), set()
         self._engine = Engine(self.rules)
         self._ensure_topics(stop)
         producer = self._client(
@@ -190,6 +193,7 @@ class AlertService:
             },
         )
         consumer: Consumer | None = None
+        router: Consumer | None = None
         hung = False
         try:
             # Fences a zombie with the same id and aborts its open transaction.
@@ -214,24 +218,20 @@ class AlertService:
                 Consumer,
                 {**read_committed, "group.id": f"{self.config.kafka.group_id}-routed"},
             )
-            consumer = self._client(
-                Consumer,
-                {
-                    **read_committed,
-                    "group.id": self.config.kafka.group_id,
-                    # Static membership: a restarted instance takes its partitions back at once
-                    # instead of waiting for the session of its dead self to time out.
-                    "group.instance.id": self.config.kafka.transactional_id,
-                    # A rebalance moves only the partitions that change owner; the others go
-                    # on being processed meanwhile.
-                    "partition.assignment.strategy": "cooperative-sticky",
-                },
-            )
+            group = self.config.kafka.group_id
+            consumer = self._group_consumer(read_committed, group)
             consumer.subscribe(
-                [topics.telemetry, topics.device_status, topics.operator_actions],
+                [topics.telemetry],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_revoke,
+            )
+            router = self._group_consumer(read_committed, f"{group}-router")
+            router.subscribe(
+                [topics.device_status, topics.operator_actions],
+                on_assign=lambda _c, parts: self._inbound.update(_positions(parts)),
+                on_revoke=lambda _c, parts: self._inbound.difference_update(_positions(parts)),
+                on_lost=lambda _c, parts: self._inbound.difference_update(_positions(parts)),
             )
             log.info(
                 "alert service running with %d rules over %d partitions",
@@ -239,13 +239,14 @@ class AlertService:
                 self.partitions,
             )
             self.ready.set()
-            self._loop(stop, producer, consumer)
+            self._loop(stop, producer, consumer, router)
         except _HungError:
             hung = True
             raise
         finally:
-            if consumer is not None:
-                consumer.close()  # revokes (and drops) what it owns
+            for member in (consumer, router):
+                if member is not None:
+                    member.close()  # revokes (and drops) what it owns
             if self._routed is not None:
                 self._routed.close()
                 self._routed = None
@@ -255,12 +256,30 @@ class AlertService:
             if not hung and not producer.flush(_TIMEOUT_S if self.link.up else 1.0):
                 producer.close()  # disconnect now, not when the object is collected
 
-    def _loop(self, stop: threading.Event, producer: Producer, consumer: Consumer) -> None:
+    def _group_consumer(self, read_committed: dict[str, Any], group: str) -> Consumer:
+        return self._client(
+            Consumer,
+            {
+                **read_committed,
+                "group.id": group,
+                # Static membership: a restarted instance takes its partitions back at once
+                # instead of waiting for the session of its dead self to time out.
+                "group.instance.id": self.config.kafka.transactional_id,
+                # A rebalance moves only the partitions that change owner; the others go on
+                # being processed meanwhile.
+                "partition.assignment.strategy": "cooperative-sticky",
+            },
+        )
+
+    def _loop(
+        self, stop: threading.Event, producer: Producer, consumer: Consumer, router: Consumer
+    ) -> None:
         last_tick = last_probe = 0.0
         while not stop.is_set():
             if self.link.fatal is not None:
                 raise AlertError(f"a Kafka client failed: {self.link.fatal.str()}; {_RESTART}")
             batch = self._poll(consumer)
+            inbound = router.consume(self.config.max_batch, 0)
             now = time.time()
             if not self.link.up and now - last_probe >= _PROBE_EVERY_S:
                 self._probe(consumer)
@@ -276,8 +295,9 @@ class AlertService:
                 last_tick = now
             try:
                 self._transact(stop, producer, consumer, batch)
+                self._route_all(stop, producer, router, inbound)
             except _MustAbortError as abort:
-                self._abort_and_rewind(stop, producer, consumer, abort.error)
+                self._abort_and_rewind(stop, producer, (consumer, router), abort.error)
 
     # -- Kafka calls ----------------------------------------------------------------------
 
@@ -397,7 +417,6 @@ class AlertService:
         """Restore the state of the telemetry partitions assigned, then read them and their
         partitions of the repartition topic (librdkafka adds `partitions` after this)."""
         topics = self.config.topics
-        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         new = sorted({tp.partition for tp in partitions if tp.topic == topics.telemetry})
         if not new:
             return
@@ -427,7 +446,6 @@ class AlertService:
         """Drop the state of the telemetry partitions taken away (revoked or lost). No
         transaction is open while the consumer polls: what was done for them is committed."""
         topics = self.config.topics
-        self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
         gone = {tp.partition for tp in partitions if tp.topic == topics.telemetry} & self.owned
         if not gone:
             return
@@ -616,16 +634,13 @@ class AlertService:
                 train_id = ""
         return partition_of(train_id, self.partitions), [(_SOURCE, source), (_KEY, key)]
 
-    def _transact(
-        self,
-        stop: threading.Event,
-        producer: Producer,
-        consumer: Consumer,
-        batch: list[Message],
-    ) -> None:
-        topics = self.config.topics
+    def _usable(
+        self, batch: list[Message], mine: Callable[[str, int], bool]
+    ) -> tuple[list[Message], dict[tuple[str, int], int]]:
+        """The records of `batch` from partitions still `mine`, and the offsets to commit.
+        A partition taken away while the batch was fetched is left to its new owner."""
+        kept: list[Message] = []
         offsets: dict[tuple[str, int], int] = {}
-        routed: list[Message] = []
         for msg in batch:
             error = msg.error()
             if error is not None:
@@ -634,37 +649,32 @@ class AlertService:
                 self.link.on_error(error)
                 continue
             topic, partition = str(msg.topic()), int(msg.partition() or 0)
-            if topic == topics.alert_repartition:
-                if partition not in self.owned:
-                    continue  # taken away while this batch was fetched: its new owner reads it
-                self._apply(msg)
-            elif (topic, partition) not in self._assigned:
-                continue  # the same
-            elif topic == topics.telemetry:
-                self._apply(msg)
-            else:
-                routed.append(msg)
-            offsets[(topic, partition)] = int(msg.offset() or 0) + 1
-        if batch and len(offsets) > 0:
+            if mine(topic, partition):
+                kept.append(msg)
+                offsets[(topic, partition)] = int(msg.offset() or 0) + 1
+        if offsets:
             self.link.reachable()
+        return kept, offsets
+
+    def _transact(
+        self,
+        stop: threading.Event,
+        producer: Producer,
+        consumer: Consumer,
+        batch: list[Message],
+    ) -> None:
+        """Evaluate a batch of telemetry and routed records; write what it changed, with the
+        offsets of the main group, in one transaction."""
+        kept, offsets = self._usable(batch, lambda _topic, partition: partition in self.owned)
+        for msg in kept:
+            self._apply(msg)
         engine = self._engine
         effects = engine.drain()
         states = engine.store.take_dirty()
         if not offsets and not effects and not states:
             return
-        count = self.partitions
+        topics, count = self.config.topics, self.partitions
         self._call(stop, "begin a Kafka transaction", producer.begin_transaction, attempts=1)
-        for msg in routed:
-            partition, headers = self._route(msg)
-            self._produce(
-                producer,
-                topics.alert_repartition,
-                msg.value() or b"",
-                msg.key(),
-                partition,
-                headers,
-                msg.timestamp()[1],  # the replay sees the time the original arrived
-            )
         for alert in effects.alerts:
             self._produce(producer, topics.alerts, _json(alert), alert["key"].encode())
         for flag in effects.maintenance:
@@ -677,6 +687,43 @@ class AlertService:
             # The key is not the train id: the partition is given, the train's own.
             partition = partition_of(key.split("/", 1)[0], count)
             self._produce(producer, topics.alert_state, _json(state), key.encode(), partition)
+        self._commit(stop, producer, consumer, offsets)
+        self.counters.alerts += len(effects.alerts)
+        if self.notifier is not None:  # only what is committed; a queue put, nothing more
+            self.notifier.publish(effects.alerts, effects.maintenance)
+
+    def _route_all(
+        self, stop: threading.Event, producer: Producer, router: Consumer, batch: list[Message]
+    ) -> None:
+        """Copy device statuses and operator actions to their train's partition of the
+        repartition topic, with the router group's offsets, in one transaction."""
+        kept, offsets = self._usable(batch, lambda topic, p: (topic, p) in self._inbound)
+        if not offsets:
+            return
+        self._call(stop, "begin a Kafka transaction", producer.begin_transaction, attempts=1)
+        for msg in kept:
+            partition, headers = self._route(msg)
+            self._produce(
+                producer,
+                self.config.topics.alert_repartition,
+                msg.value() or b"",
+                msg.key(),
+                partition,
+                headers,
+                msg.timestamp()[1],  # the replay sees the time the original arrived
+            )
+        self._commit(stop, producer, router, offsets)
+        self.counters.routed += len(kept)
+
+    def _commit(
+        self,
+        stop: threading.Event,
+        producer: Producer,
+        consumer: Consumer,
+        offsets: dict[tuple[str, int], int],
+    ) -> None:
+        """Add `offsets` with `consumer`'s group metadata (a member of an older generation is
+        refused: KIP-447) and commit the open transaction."""
         if offsets:
             positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             group = consumer.consumer_group_metadata()
@@ -690,11 +737,7 @@ class AlertService:
             "commit a Kafka transaction",
             lambda: producer.commit_transaction(_TXN_TIMEOUT_S),
         )
-        self.counters.alerts += len(effects.alerts)
-        self.counters.routed += len(routed)
         self.counters.transactions += 1
-        if self.notifier is not None:  # only what is committed; a queue put, nothing more
-            self.notifier.publish(effects.alerts, effects.maintenance)
 
     @staticmethod
     def _produce(
@@ -726,11 +769,15 @@ class AlertService:
                 raise AlertError(f"cannot write to {topic!r}: {error.str()}; {_RESTART}") from exc
 
     def _abort_and_rewind(
-        self, stop: threading.Event, producer: Producer, consumer: Consumer, error: KafkaError
+        self,
+        stop: threading.Event,
+        producer: Producer,
+        members: tuple[Consumer, Consumer],
+        error: KafkaError,
     ) -> None:
-        """Abort the open transaction and go back to what was committed: the consumers to the
-        committed offsets, the engine to the committed state of the owned partitions. The
-        replay then writes what the aborted transaction would have written."""
+        """Abort the open transaction and go back to what was committed: every consumer to
+        its group's committed offsets, the engine to the committed state of the owned
+        partitions. The replay then writes what the aborted transaction would have written."""
         log.warning(
             "aborting a Kafka transaction (%s); replaying from the last committed offsets",
             error.str(),
@@ -745,10 +792,14 @@ class AlertService:
             )
         except _MustAbortError as again:
             raise AlertError(f"cannot abort a Kafka transaction: {again}; {_RESTART}") from again
-        assert self._routed is not None
+        consumer, router = members
+        # The routed reader's positions are committed for the main group.
+        readers = [(consumer, consumer), (router, router)]
+        if self._routed is not None:
+            readers.append((self._routed, consumer))
         try:
-            for reader in (consumer, self._routed):
-                for position in self._committed(consumer, reader.assignment()):
+            for reader, group in readers:
+                for position in self._committed(group, reader.assignment()):
                     reader.seek(position)
         except KafkaException as exc:
             raise AlertError(
@@ -760,6 +811,10 @@ class AlertService:
 # Headers of a routed record: where it came from (`status` or `action`) and its original key.
 _SOURCE = "trackside.source"
 _KEY = "trackside.key"
+
+
+def _positions(partitions: list[TopicPartition]) -> set[tuple[str, int]]:
+    return {(tp.topic, tp.partition) for tp in partitions}
 
 
 def _json(value: dict[str, Any]) -> bytes:

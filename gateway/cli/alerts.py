@@ -62,8 +62,14 @@ def run(
     ),
     transactional_id: str | None = typer.Option(
         None,
-        help="Kafka transactional id; stable per instance.",
+        help="Kafka transactional id: stable per instance, different for each instance.",
         show_default=_DEFAULTS.transactional_id,
+    ),
+    partitions: int | None = typer.Option(
+        None,
+        metavar="N",
+        help="Partitions of the topics it creates (one per instance at least; docs/scaling.md).",
+        show_default=str(_DEFAULTS.partitions),
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the service does."),
 ) -> None:
@@ -77,6 +83,8 @@ def run(
         kafka["group_id"] = group_id
     if transactional_id:
         kafka["transactional_id"] = transactional_id
+    if partitions:
+        kafka["partitions"] = partitions
     update: dict[str, Any] = {"kafka": service_config.kafka.model_copy(update=kafka)}
     if topic_prefix:
         update["topics"] = Topics.with_prefix(topic_prefix)

@@ -10,14 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from gateway.alerts.config import KafkaSettings, ServiceConfig
 from gateway.alerts.rules import RuleSet
@@ -26,6 +24,7 @@ from gateway.topics import Topics
 from tests.fixtures.kafka import KafkaService, LocalKafkaHandle
 from tests.fixtures.processes import active_logs
 from tests.fixtures.waiting import wait_until
+from tests.gateway.alerts.conftest import Event, TopicReader
 
 pytestmark = pytest.mark.integration
 
@@ -34,65 +33,6 @@ rules:
   - {name: hot, kind: threshold, channels: [bearing_left_temp], above: 120, clear: 100}
 policy: {flag_severities: []}
 """
-Event = dict[str, Any]
-
-
-class TopicReader:
-    """A background read_committed consumer collecting every record of one topic."""
-
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        self.records: list[Event] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                "log_level": 0,
-            }
-        )
-        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._consumer.poll(0.2)
-            if msg is not None and msg.error() is None:
-                with self._lock:
-                    self.records.append(json.loads(msg.value() or b"null"))
-
-    def wait(self, done: Callable[[list[Event]], bool], timeout: float = 60) -> list[Event]:
-        """The records once `done(records)` holds; fails after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if done(self.records):
-                    return list(self.records)
-            time.sleep(0.05)
-        with self._lock:
-            raise AssertionError(f"gave up after {timeout} s with {len(self.records)} records")
-
-    def close(self) -> None:
-        """Stop the thread and close the consumer."""
-        self._stop.set()
-        self._thread.join(10)
-        self._consumer.close()
-
-
-@pytest.fixture
-def readers(kafka: KafkaService) -> Iterator[Callable[[str], TopicReader]]:
-    opened: list[TopicReader] = []
-
-    def open_reader(topic: str) -> TopicReader:
-        opened.append(TopicReader(kafka.bootstrap_servers, topic))
-        return opened[-1]
-
-    yield open_reader
-    for reader in opened:
-        reader.close()
 
 
 def _reading(train: str, seq: int, value: float, device_id: int = 7) -> bytes:

@@ -1,0 +1,305 @@
+"""Several alert service instances in one group, on topics with several partitions: each alert
+once and every flag right when an instance is SIGKILLed mid-burst, and through rebalances
+under load (instances added and removed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from gateway.alerts.partitioning import PARTITIONER
+from gateway.topics import Topics, create_topics
+from tests.fixtures.kafka import KafkaService
+from tests.fixtures.processes import active_logs
+from tests.fixtures.waiting import wait_until
+from tests.gateway.alerts.conftest import Event, TopicReader
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 6
+TRAINS = [f"T{i}" for i in range(60)]
+CYCLES = 8  # per train: 50, 130, 130, 50 -> one firing and one resolved event per cycle
+PATTERN = [50.0, 130.0, 130.0, 50.0]
+T0 = 1_767_225_600_000
+# Critical: the first firing flags the train; a flagged train is flagged once.
+RULES = """
+rules:
+  - {name: hot, kind: threshold, channels: [bearing_left_temp], above: 120, clear: 100,
+     severity: critical}
+"""
+# A dead instance's partitions move after its session (static membership); its open
+# transaction, which holds back read_committed readers, is aborted after this timeout.
+SERVICE_FILE = """
+kafka:
+  partitions: {partitions}
+  settings:
+    session.timeout.ms: 6000
+    transaction.timeout.ms: 10000
+"""
+
+
+@dataclass
+class Fleet:
+    """Alert service instances of one group, as `trackside alerts run` processes."""
+
+    kafka: KafkaService
+    prefix: str
+    folder: Path
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, instance: int) -> None:
+        """Start instance `instance` (its own transactional id) and wait until it runs."""
+        log = self.log(instance)
+        active_logs[f"alerts:{self.prefix}:{instance}"] = log
+        config = self.folder / "alerts.yaml"
+        config.write_text(SERVICE_FILE.format(partitions=PARTITIONS))
+        rules = self.folder / "rules.yaml"
+        rules.write_text(RULES)
+        with log.open("ab") as out:
+            self.procs[instance] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "alerts",
+                    "run",
+                    "-c",
+                    str(config),
+                    "--bootstrap-servers",
+                    self.kafka.bootstrap_servers,
+                    "--topic-prefix",
+                    self.prefix,
+                    "--rules",
+                    str(rules),
+                    "--group-id",
+                    f"{self.prefix}-alerts",
+                    "--transactional-id",
+                    f"{self.prefix}-alerts-{instance}",
+                    "-v",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: self.lines(instance, "alert service running"), 60, "instance running")
+
+    def log(self, instance: int) -> Path:
+        """The log file of `instance`."""
+        return self.folder / f"alerts-{instance}.log"
+
+    def lines(self, instance: int, text: str) -> list[str]:
+        """The lines of `instance`'s log that contain `text`."""
+        path = self.log(instance)
+        if not path.exists():
+            return []
+        return [line for line in path.read_text(errors="replace").splitlines() if text in line]
+
+    def kill(self, instance: int) -> None:
+        """SIGKILL: a crash, mid-transaction or not."""
+        proc = self.procs.pop(instance)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self, instance: int) -> None:
+        """SIGTERM: a clean stop; it must exit 0."""
+        proc = self.procs.pop(instance)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+    def stop_all(self) -> None:
+        """SIGTERM every instance still running."""
+        for instance in list(self.procs):
+            self.stop(instance)
+
+
+@pytest.fixture
+def fleet(kafka: KafkaService, unique_topic: str, tmp_path: Path) -> Iterator[Fleet]:
+    topics = Topics.with_prefix(unique_topic)
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": 0})
+    create_topics(admin, topics, set(), partitions=PARTITIONS)
+    running = Fleet(kafka, unique_topic, tmp_path)
+    try:
+        yield running
+    finally:
+        for proc in running.procs.values():  # a failed test: no instance outlives it
+            proc.kill()
+            proc.wait()
+
+
+def _reading(train: str, seq: int, value: float) -> bytes:
+    return json.dumps(
+        {
+            "train_id": train,
+            "device_id": 7,
+            "boot_id": 1,
+            "seq": seq,
+            "ts_ms": T0 + seq * 1000,
+            "values": {"bearing_left_temp": value},
+        }
+    ).encode()
+
+
+class Burst:
+    """Threshold crossings of every train (with redelivered older readings), sent from a
+    thread; `pause_at` holds it at that step until `go` is set."""
+
+    def __init__(self, kafka: KafkaService, topic: str, pause_at: int | None = None) -> None:
+        # Kafka's hash of the train id, as the bridge: the partition the service expects.
+        settings = {"bootstrap.servers": kafka.bootstrap_servers, "partitioner": PARTITIONER}
+        self.producer = Producer({**settings, "linger.ms": 5})
+        self.topic = topic
+        self.pause_at = pause_at
+        self.go = threading.Event()
+        self.done = threading.Event()
+        self.step = 0
+        self._thread = threading.Thread(target=self._send, daemon=True)
+
+    def start(self) -> Burst:
+        """Begin sending."""
+        self._thread.start()
+        return self
+
+    def send(self, train: str, seq: int, value: float) -> None:
+        """One reading of `train`."""
+        self.producer.produce(self.topic, _reading(train, seq, value), train.encode())
+
+    def _send(self) -> None:
+        readings = [v for _ in range(CYCLES) for v in PATTERN]
+        for seq, value in enumerate(readings, start=1):
+            self.step = seq
+            if seq == self.pause_at:
+                self.go.wait(120)
+            for train in TRAINS:
+                self.send(train, seq, value)
+                if seq % 5 == 0:
+                    self.send(train, seq - 2, readings[seq - 3])  # a redelivered older reading
+            self.producer.poll(0)
+            time.sleep(0.15)  # the pace of the fleet, not a wait for a result
+        assert self.producer.flush(30) == 0
+        self.done.set()
+
+    def join(self) -> None:
+        """Wait until every reading is in Kafka."""
+        self._thread.join(180)
+        assert self.done.is_set()
+
+
+def _expected_alerts() -> Counter[tuple[str, str, int]]:
+    return Counter(
+        (train, state, T0 + seq * 1000)
+        for train in TRAINS
+        for cycle in range(CYCLES)
+        for state, seq in (("firing", cycle * 4 + 2), ("resolved", cycle * 4 + 4))
+    )
+
+
+def _check(alerts: list[Event], flags: list[Event]) -> None:
+    keys = Counter((e["train_id"], e["state"], e["ts_ms"]) for e in alerts)
+    expected = _expected_alerts()
+    assert (keys - expected, expected - keys) == (Counter(), Counter())  # each alert once
+    # Each train flagged once, by its first firing; the two cleared ones cleared once.
+    flagged = Counter((f["train_id"], f["flagged"], f["since_ms"], f["by"]) for f in flags)
+    wanted = Counter((train, True, T0 + 2000, "alerts") for train in TRAINS)
+    wanted.update((train, False, 9, "maria") for train in TRAINS[:2])
+    assert (flagged - wanted, wanted - flagged) == (Counter(), Counter())
+    assert all(f["reason"] == f"{f['train_id']}/hot/7/bearing_left_temp" for f in flags)
+
+
+def _clear_two_trains(kafka: KafkaService, topic: str) -> None:
+    """The desk clears two flags: routed to their trains' partitions, wherever read."""
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for train in TRAINS[:2]:
+        clear = {"action": "clear", "train_id": train, "by": "maria", "at_ms": 9}
+        producer.produce(topic, json.dumps(clear).encode(), train.encode())
+    assert producer.flush(30) == 0
+
+
+def _readers(
+    readers: Callable[..., TopicReader], topics: Topics
+) -> tuple[TopicReader, TopicReader]:
+    return readers(topics.alerts, PARTITIONS), readers(topics.maintenance, PARTITIONS)
+
+
+def test_three_instances_one_sigkilled_mid_burst_write_each_alert_once_and_every_flag(
+    kafka: KafkaService,
+    fleet: Fleet,
+    unique_topic: str,
+    readers: Callable[..., TopicReader],
+) -> None:
+    topics = Topics.with_prefix(unique_topic)
+    alerts, flags = _readers(readers, topics)
+    for instance in range(3):
+        fleet.start(instance)
+    # Each instance owns some partitions: the group has settled.
+    wait_until(
+        lambda: all(fleet.lines(i, "took partitions") for i in range(3)), 60, "three owners"
+    )
+    total = sum(_expected_alerts().values())
+    burst = Burst(kafka, topics.telemetry, pause_at=CYCLES * 2).start()
+    seen = alerts.wait(lambda r: len(r) >= total // 4, timeout=120)
+    fleet.kill(1)
+    assert len(seen) < total // 2
+    burst.go.set()
+    # Another instance joins later, while the dead one's partitions wait for its session.
+    wait_until(lambda: burst.step >= CYCLES * 3, 60, "three quarters of the burst sent")
+    fleet.start(3)
+    burst.join()
+    _clear_two_trains(kafka, topics.operator_actions)
+    try:
+        events = alerts.wait(lambda r: len(r) >= total, timeout=180)
+        flag_records = flags.wait(lambda r: len(r) >= len(TRAINS) + 2, timeout=60)
+    finally:
+        fleet.stop_all()
+    # Everything the instances committed before they stopped is read: a duplicate shows.
+    stopped = time.monotonic()
+    wait_until(
+        lambda: alerts.caught_up(stopped) and flags.caught_up(stopped), 30, "readers at the end"
+    )
+    # Every instance that stopped cleanly took some partitions in its life.
+    assert all(fleet.lines(i, "took partitions") for i in (0, 2, 3))
+    _check(alerts.records, flags.records)
+    assert len(events) >= total and len(flag_records) >= len(TRAINS) + 2
+
+
+def test_rebalances_under_load_added_and_removed_instances_write_each_alert_once(
+    kafka: KafkaService,
+    fleet: Fleet,
+    unique_topic: str,
+    readers: Callable[..., TopicReader],
+) -> None:
+    topics = Topics.with_prefix(unique_topic)
+    alerts, flags = _readers(readers, topics)
+    fleet.start(0)
+    burst = Burst(kafka, topics.telemetry).start()
+    total = sum(_expected_alerts().values())
+    alerts.wait(lambda r: len(r) >= total // 8, timeout=120)
+    fleet.start(1)  # added: some of instance 0's partitions move to it, under load
+    alerts.wait(lambda r: len(r) >= total // 4, timeout=120)
+    fleet.start(2)
+    alerts.wait(lambda r: len(r) >= total // 2, timeout=120)
+    fleet.stop(0)  # removed cleanly: its partitions move after its session
+    burst.join()
+    _clear_two_trains(kafka, topics.operator_actions)
+    try:
+        alerts.wait(lambda r: len(r) >= total, timeout=180)
+        flags.wait(lambda r: len(r) >= len(TRAINS) + 2, timeout=60)
+    finally:
+        fleet.stop_all()
+    stopped = time.monotonic()
+    wait_until(
+        lambda: alerts.caught_up(stopped) and flags.caught_up(stopped), 30, "readers at the end"
+    )
+    assert fleet.lines(1, "took partitions") and fleet.lines(2, "took partitions")
+    _check(alerts.records, flags.records)
