@@ -23,6 +23,7 @@ from gateway.alerts.config import ServiceConfig
 from gateway.broker import BrokerSettings
 from gateway.dashboard.config import DashboardConfig
 from gateway.devices_config import ConfigSettings
+from gateway.ota.config import OtaSettings
 
 __all__ = [
     "AlertmanagerRun",
@@ -109,6 +110,9 @@ class GatewayConfig(BaseModel):
     alertmanager: AlertmanagerRun | None = Field(
         None, description="Run Alertmanager here too; the alert service posts to it."
     )
+    ota: OtaSettings | None = Field(
+        None, description="Carry out staged OTA rollouts for this gateway's devices."
+    )
     device_config: ConfigSettings = ConfigSettings()
 
 
@@ -134,7 +138,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         if dashboard.tls is not None:
             tls = _from_folder(dashboard.tls, folder, "cert_file", "key_file")
             dashboard = dashboard.model_copy(update={"tls": tls})
-    alerts, alertmanager = config.alerts, config.alertmanager
+    alerts, alertmanager, ota = config.alerts, config.alertmanager, config.ota
     return config.model_copy(
         update={
             "connectors": connectors,
@@ -143,6 +147,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             "dashboard": dashboard,
             "alertmanager": alertmanager
             and _from_folder(alertmanager, folder, "notifications", "state_dir"),
+            "ota": ota and _from_folder(ota, folder, "public_key"),
         }
     )
 

@@ -37,6 +37,8 @@ from gateway.devices_config import ConfigPublisher, EmbeddedRetainer, MqttRetain
 from gateway.http_api import make_app
 from gateway.intake import BrokerIntake
 from gateway.localkafka import stop_pid
+from gateway.ota.config import OtaSettings
+from gateway.ota.executor import RolloutExecutor
 from gateway.supervise import Supervisor
 
 __all__ = ["run_gateway"]
@@ -99,6 +101,8 @@ async def run_gateway(
             await broker.start()
             on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
         workers = await _start_alerting(config, services, on_ready)
+        if config.ota is not None:
+            workers["ota"] = await services.enter_async_context(_ota_executor(config, on_ready))
         device_config = _device_config(config, broker)
         if device_config is not None:
             workers["device-config"] = await services.enter_async_context(
@@ -243,6 +247,24 @@ async def _supervised(
     """`target` in a supervised thread, restarted with backoff when it fails; stopped last."""
     supervisor = Supervisor(name, target)
     supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        await asyncio.to_thread(supervisor.stop, 30)
+
+
+@contextlib.asynccontextmanager
+async def _ota_executor(
+    config: GatewayConfig, on_ready: Callable[[str], None]
+) -> AsyncIterator[Supervisor]:
+    """The staged-rollout executor (docs/ota.md), supervised as the alert service is; it
+    reaches the devices through the embedded broker unless `ota.mqtt_host`/`mqtt_port` say
+    otherwise (Mosquitto)."""
+    ota, broker = config.ota or OtaSettings(), config.broker
+    executor = RolloutExecutor(ota, ota.mqtt_host or broker.host, ota.mqtt_port or broker.port)
+    supervisor = Supervisor("ota rollouts", executor.run)
+    supervisor.start()
+    on_ready("OTA rollout executor running")
     try:
         yield supervisor
     finally:

@@ -34,6 +34,11 @@ class Topics(BaseModel):
     # Device statuses and operator actions, routed by the alert service to their train's
     # partition (docs/alerts.md#partitions); read by the alert service only.
     alert_repartition: str = "trackside.alert-repartition"
+    # Staged OTA rollouts (docs/ota.md#staged-rollouts): plans and states by rollout id, each
+    # device's progress by rollout/train/device, signed bundles by release id; all compacted.
+    ota_rollouts: str = "trackside.ota-rollouts"
+    ota_progress: str = "trackside.ota-progress"
+    ota_releases: str = "trackside.ota-releases"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -56,10 +61,12 @@ def create_topics(
     *,
     min_insync_replicas: int | None = None,
 ) -> list[str]:
-    """Create each topic of `topics` not in `existing` (the alert-state, maintenance and
-    device-config topics compacted: only each key's last record matters); the names created.
+    """Create each topic of `topics` not in `existing` (the alert-state, maintenance,
+    device-config and OTA topics compacted: only each key's last record matters); the names
+    created.
     `min_insync_replicas` defaults to one fewer than `replication_factor`, at least 1."""
-    compacted = {topics.alert_state, topics.maintenance, topics.device_config}
+    compacted = {topics.alert_state, topics.maintenance, topics.device_config,
+                 topics.ota_rollouts, topics.ota_progress, topics.ota_releases}
     insync = min_insync_replicas_for(replication_factor, min_insync_replicas)
     wanted = [
         new_topic(

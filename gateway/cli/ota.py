@@ -1,8 +1,11 @@
-"""`trackside ota keygen|release|verify|push`: signed over-the-air updates of the device app."""
+"""`trackside ota keygen|release|verify|push`: signed over-the-air updates of the device app;
+`trackside ota rollout|status|pause|resume|abort`: staged rollouts through Kafka."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import time
 from pathlib import Path
 
 import typer
@@ -21,17 +24,28 @@ from gateway.ota.release import (
     load_public_key,
     read_release,
 )
+from gateway.ota.rollout import STATES, AbortRule, RolloutPlan, RolloutState, summarize
+from gateway.ota.store import RolloutStore, release_id
+from gateway.topics import Topics, ensure_topics
 
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="Over-the-air app updates: release keys, signed releases, pushing them to devices.",
+    help="Over-the-air app updates: release keys, signed releases, pushing them to devices, "
+    "staged rollouts through Kafka.",
     no_args_is_help=True,
 )
 
 PUBLIC_KEY = typer.Option(
     Path("release.pub"), "--public-key", metavar="FILE", help="The public release key (hex)."
 )
+BOOTSTRAP = typer.Option(
+    "127.0.0.1:9092", "--bootstrap-servers", metavar="HOST:PORT", help="The Kafka cluster."
+)
+PREFIX = typer.Option(
+    "trackside", metavar="PREFIX", help="Topic names' prefix (as the gateways' ota.topics)."
+)
+ROLLOUT = typer.Argument(..., metavar="ROLLOUT", help="The rollout's id.")
 
 
 @app.command()
@@ -121,3 +135,150 @@ def push(
     console.print(table)
     if not all(u.ok for u in results):
         raise OtaError(f"{sum(not u.ok for u in results)} of {len(results)} devices not updated")
+
+
+@app.command()
+def rollout(
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="A release bundle."),
+    rollout_id: str = typer.Option(
+        "", "--id", metavar="ID", help="The rollout's id.", show_default="VERSION-random"
+    ),
+    train: list[str] = typer.Option(
+        [], metavar="TRAIN", help="Only this train's devices; repeat for several."
+    ),
+    device: list[str] = typer.Option(
+        [], metavar="TRAIN/ID", help="Only this device; repeat. No --train, no --device: all."
+    ),
+    canary: list[str] = typer.Option(
+        [], metavar="TRAIN/ID", help="Update first; the waves wait for every canary's verdict."
+    ),
+    waves: str = typer.Option(
+        "100", metavar="PCT,...", help="Cumulative percentages of each gateway's targets."
+    ),
+    rate: int | None = typer.Option(
+        None, metavar="N", help="At most N new devices a minute on each gateway."
+    ),
+    abort_after: int = typer.Option(3, metavar="N", help="Apply the abort rule from N verdicts."),
+    max_failures: str = typer.Option(
+        "20%", metavar="PCT", help="Abort when more verdicts than this failed."
+    ),
+    timeout: float = typer.Option(600.0, metavar="SECONDS", help="Per device, to its verdict."),
+    public_key: Path = PUBLIC_KEY,
+    bootstrap_servers: str = BOOTSTRAP,
+    topic_prefix: str = PREFIX,
+) -> None:
+    """Start a staged rollout: the release and its plan go to Kafka, every gateway with `ota:`
+    updates its own devices, canaries first, then wave by wave."""
+    made = read_release(bundle.read_bytes(), load_public_key(public_key.read_text()))
+    try:
+        plan = RolloutPlan(
+            id=rollout_id or f"{made.version}-{secrets.token_hex(3)}",
+            release=release_id(made.version, made.digest),
+            version=made.version,
+            trains=tuple(train), devices=tuple(device), canaries=tuple(canary),
+            waves=tuple(float(w) for w in waves.split(",")),
+            rate_per_min=rate,
+            abort=AbortRule(min_devices=abort_after,
+                            max_failure_pct=float(max_failures.rstrip("%"))),
+            timeout_s=timeout,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise OtaError(f"not a rollout plan: {exc}") from exc
+    topics = Topics.with_prefix(topic_prefix)
+    ensure_topics(bootstrap_servers, topics)
+    store = _store(bootstrap_servers, topics)
+    try:
+        if plan.id in store.plans:
+            raise OtaError(f"rollout {plan.id} exists already ({store.plans[plan.id].state}): "
+                           "choose another --id")
+        store.put_release(plan.release, bundle.read_bytes())
+        store.put_plan(plan)
+    finally:
+        store.close()
+    console.print(f"rollout [bold]{plan.id}[/]: {made.version} ({plan.release}), waves "
+                  f"{', '.join(f'{w:g}%' for w in plan.waves)}; follow it with "
+                  f"`trackside ota status {plan.id}`")
+
+
+@app.command()
+def status(
+    rollout_id: str | None = typer.Argument(None, metavar="[ROLLOUT]", help="One rollout."),
+    bootstrap_servers: str = BOOTSTRAP,
+    topic_prefix: str = PREFIX,
+) -> None:
+    """Each rollout's state, and its devices counted by state, per wave (0: the canaries)."""
+    store = _store(bootstrap_servers, Topics.with_prefix(topic_prefix))
+    store.close()
+    plans = sorted(store.plans.values(), key=lambda p: p.updated)
+    if rollout_id is not None:
+        plans = [_plan(store, rollout_id)]
+    if not plans:
+        console.print("no rollouts")
+    for plan in plans:
+        colour = {"running": "cyan", "paused": "yellow", "aborted": "red"}.get(plan.state, "green")
+        console.print(f"[bold]{plan.id}[/]: {plan.version} [{colour}]{plan.state}[/] "
+                      f"{plan.reason}".rstrip())
+        progress = [p for p in store.progress.values() if p.rollout == plan.id]
+        counts = summarize(progress)
+        shown = [s for s in STATES if any(c[s] for c in counts.values())]
+        table = Table("wave", *shown, "devices")
+        for wave, by_state in counts.items():
+            table.add_row("canary" if wave == 0 else f"{wave} ({plan.waves[wave - 1]:g}%)",
+                          *(str(by_state[s]) for s in shown), str(sum(by_state.values())))
+        console.print(table)
+
+
+@app.command()
+def pause(rollout_id: str = ROLLOUT, bootstrap_servers: str = BOOTSTRAP,
+          topic_prefix: str = PREFIX) -> None:
+    """No new offers (devices mid-update carry on to their verdict)."""
+    _change(rollout_id, "paused", ("running",), bootstrap_servers, topic_prefix)
+
+
+@app.command()
+def resume(rollout_id: str = ROLLOUT, bootstrap_servers: str = BOOTSTRAP,
+           topic_prefix: str = PREFIX) -> None:
+    """Offer again where a pause stopped."""
+    _change(rollout_id, "running", ("paused",), bootstrap_servers, topic_prefix)
+
+
+@app.command()
+def abort(rollout_id: str = ROLLOUT, bootstrap_servers: str = BOOTSTRAP,
+          topic_prefix: str = PREFIX) -> None:
+    """Stop the rollout for good (devices mid-update carry on to their verdict)."""
+    _change(rollout_id, "aborted", ("running", "paused"), bootstrap_servers, topic_prefix)
+
+
+def _store(bootstrap_servers: str, topics: Topics) -> RolloutStore:
+    """The rollouts and their progress, read to the end (not the bundles)."""
+    store = RolloutStore(bootstrap_servers, topics, with_releases=False)
+    try:
+        store.catch_up()
+    except OtaError:
+        store.close()
+        raise
+    return store
+
+
+def _plan(store: RolloutStore, rollout_id: str) -> RolloutPlan:
+    plan = store.plans.get(rollout_id)
+    if plan is None:
+        known = ", ".join(sorted(store.plans)) or "none"
+        raise OtaError(f"no rollout {rollout_id!r} in {store.topics.ota_rollouts} (known: {known})")
+    return plan
+
+
+def _change(rollout_id: str, state: RolloutState, allowed: tuple[str, ...],
+            bootstrap_servers: str, topic_prefix: str) -> None:
+    store = _store(bootstrap_servers, Topics.with_prefix(topic_prefix))
+    try:
+        plan = _plan(store, rollout_id)
+        if plan.state not in allowed:
+            raise OtaError(f"rollout {rollout_id} is {plan.state}: only a rollout that is "
+                           f"{' or '.join(allowed)} can be made {state}")
+        store.put_plan(plan.model_copy(update={
+            "state": state, "reason": "by the operator" if state == "aborted" else "",
+            "updated": time.time()}))
+    finally:
+        store.close()
+    console.print(f"rollout [bold]{rollout_id}[/]: {state}")

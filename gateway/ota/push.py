@@ -26,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.ota import OtaError
 from gateway.ota.release import Release
 
-__all__ = ["CHUNK_MAGIC", "DeviceUpdate", "Push", "Target"]
+__all__ = ["CHUNK_MAGIC", "FINAL", "DeviceUpdate", "Push", "Target"]
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,12 @@ class Push:
         password: str | None = None,
         timeout_s: float = 600.0,
         retry_s: float = 10.0,
+        rid: str | None = None,
     ) -> None:
         self.release = release
-        self.rid = f"ota-{release.version}-{secrets.token_hex(3)}"
+        # A rollout passes its own id, the same after a gateway restart, so a device still
+        # fetching takes the repeated offer as a nudge rather than as a new update.
+        self.rid = rid or f"ota-{release.version}-{secrets.token_hex(3)}"
         self.updates = {t.base: DeviceUpdate(t) for t in targets}
         self._host, self._port = host, port
         self._timeout_s, self._retry_s = timeout_s, retry_s
@@ -125,6 +128,20 @@ class Push:
         self, progress: Callable[[list[DeviceUpdate]], None] | None = None
     ) -> list[DeviceUpdate]:
         """Update every target; returns when each has a verdict or timed out."""
+        self.start()
+        try:
+            while True:
+                pending = self.step()
+                if progress is not None:
+                    progress(list(self.updates.values()))
+                if not pending:
+                    return list(self.updates.values())
+                time.sleep(0.1)
+        finally:
+            self.close()
+
+    def start(self) -> None:
+        """Connect to the broker and follow the targets' topics (then `step()` often)."""
         try:
             self._client.connect(self._host, self._port)
         except OSError as exc:
@@ -133,24 +150,34 @@ class Push:
                 "gateway running, and are --host and --port its broker's?"
             ) from exc
         self._client.loop_start()
-        try:
-            if not self._connected.wait(30):
-                raise OtaError(f"the broker at {self._host}:{self._port} did not accept us: "
-                               "check --user and --password-file (a service account)")
-            while True:
-                now = time.monotonic()
-                with self._lock:
-                    pending = [u for u in self.updates.values() if u.state not in FINAL]
-                    for update in pending:
-                        self._tick(update, now)
-                if progress is not None:
-                    progress(list(self.updates.values()))
-                if not pending:
-                    return list(self.updates.values())
-                time.sleep(0.1)
-        finally:
-            self._client.loop_stop()
-            self._client.disconnect()
+        if not self._connected.wait(30):
+            self.close()
+            raise OtaError(f"the broker at {self._host}:{self._port} did not accept us: "
+                           "check --user and --password-file (a service account)")
+
+    def add(self, targets: Sequence[Target]) -> None:
+        """Start updating `targets` too (each one's timeout counts from now)."""
+        with self._lock:
+            new = [t for t in targets if t.base not in self.updates]
+            self.updates.update({t.base: DeviceUpdate(t) for t in new})
+            connected = self._connected.is_set()
+        if new and connected:
+            self._client.subscribe([(f"{t.base}{leaf}", 1) for t in new
+                                    for leaf in ("reply", "status")])
+
+    def step(self) -> int:
+        """Offer again and time out where due; the number of targets without a verdict."""
+        now = time.monotonic()
+        with self._lock:
+            pending = [u for u in self.updates.values() if u.state not in FINAL]
+            for update in pending:
+                self._tick(update, now)
+            return sum(u.state not in FINAL for u in pending)
+
+    def close(self) -> None:
+        """Leave the broker."""
+        self._client.loop_stop()
+        self._client.disconnect()
 
     def _tick(self, update: DeviceUpdate, now: float) -> None:
         if now - update.started > self._timeout_s:
@@ -169,9 +196,12 @@ class Push:
         if reason.is_failure:
             log.warning("the broker refused the OTA push's connection: %s", reason)
             return
-        client.subscribe([(f"{base}{leaf}", 1) for base in self.updates for leaf in
-                          ("reply", "status")])
-        self._connected.set()
+        with self._lock:
+            topics = [(f"{base}{leaf}", 1) for base in self.updates for leaf in
+                      ("reply", "status")]
+            self._connected.set()  # under the lock: add() subscribes whatever comes after
+        if topics:  # a rollout's push starts empty and adds devices wave by wave
+            client.subscribe(topics)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         base, _, leaf = msg.topic.rpartition("/")
@@ -187,7 +217,13 @@ class Push:
                 return
             if leaf == "status":
                 online = body.get("state") in ONLINE
-                if online and update.state in ("waiting", "offered"):
+                if online and update.state in ("waiting", "offered") and (
+                    body.get("app") == self.release.version
+                ):
+                    # Already runs it (a rollout resumed after its gateway restarted, or a
+                    # second push): offering again would only install it once more.
+                    self._end(update, "confirmed", "already running this release")
+                elif online and update.state in ("waiting", "offered"):
                     self._send_offer(update)
                 elif update.state == "switching":
                     # The old app after the switch: a rollback, whose verdict follows at once,
