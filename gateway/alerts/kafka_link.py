@@ -11,11 +11,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import Gauge
 
-__all__ = ["KAFKA_UP", "KafkaLink"]
+from bridge.redact import mask
+from gateway.alerts import AlertError
+
+__all__ = [
+    "KAFKA_UP",
+    "RESTART",
+    "UNREACHABLE",
+    "HungError",
+    "KafkaLink",
+    "StoppedError",
+    "bounded",
+    "describe",
+    "make_client",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +49,62 @@ UNREACHABLE = frozenset(
         KafkaError.NETWORK_EXCEPTION,
     }
 )
+
+
+RESTART = (
+    "the service is restarted (by the gateway, or run it again): it fences this producer, "
+    "restores its state and replays from the last committed offsets"
+)
+
+Client = TypeVar("Client")
+
+
+class StoppedError(Exception):
+    """The stop event was set while the service waited for Kafka."""
+
+
+class HungError(AlertError):
+    """A librdkafka call did not return: its client can no longer be used."""
+
+
+def bounded(call: Callable[[], object], timeout: float, what: str) -> None:
+    """`call()` on a helper thread; `HungError` if it has not returned after `timeout`."""
+    done = threading.Event()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            raised.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="alerts-kafka-call", daemon=True).start()
+    if not done.wait(timeout):
+        raise HungError(
+            f"librdkafka did not return from the call to {what} within {timeout:.0f} s "
+            f"(librdkafka#5456); {RESTART}"
+        )
+    if raised:
+        raise raised[0]
+
+
+def describe(exc: KafkaException) -> str:
+    """The librdkafka error of `exc` in words."""
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def make_client(make: Callable[[dict[str, Any]], Client], settings: dict[str, Any]) -> Client:
+    """A librdkafka client; AlertError (secrets masked) when librdkafka refuses `settings`."""
+    try:
+        return make(settings)
+    except KafkaException as exc:
+        raise AlertError(
+            f"Kafka settings refused by librdkafka: {mask(describe(exc), settings)}; "
+            "fix kafka.settings"
+        ) from exc
 
 
 class KafkaLink:

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -48,13 +48,21 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from bridge.redact import mask
 from gateway import GatewayError
 from gateway.alerts import AlertError
 from gateway.alerts.config import ServiceConfig
 from gateway.alerts.engine import Engine, Reading
-from gateway.alerts.kafka_link import UNREACHABLE, KafkaLink
-from gateway.alerts.metrics import ABORTED, STATE_SKIPPED
+from gateway.alerts.kafka_link import (
+    RESTART,
+    UNREACHABLE,
+    HungError,
+    KafkaLink,
+    StoppedError,
+    bounded,
+    describe,
+    make_client,
+)
+from gateway.alerts.metrics import ABORTED
 from gateway.alerts.notify import Notifier
 from gateway.alerts.partitioning import (
     PARTITIONER,
@@ -62,8 +70,8 @@ from gateway.alerts.partitioning import (
     train_of_action,
     train_of_status,
 )
+from gateway.alerts.restore import Restorer
 from gateway.alerts.rules import RuleSet
-from gateway.alerts.state import StateStore
 from gateway.supervise import Backoff
 from gateway.topics import create_topics
 
@@ -85,12 +93,6 @@ _PROBE_EVERY_S = 1.0
 # still running this long after its own timeout is given up, and the service restarts with a
 # new producer, which fences the stuck one.
 _HUNG_AFTER_S = _TXN_TIMEOUT_S + 10.0
-_RESTART = (
-    "the service is restarted (by the gateway, or run it again): it fences this producer, "
-    "restores its state and replays from the last committed offsets"
-)
-
-Client = TypeVar("Client")
 
 
 @dataclass
@@ -115,14 +117,6 @@ class _MustAbortError(Exception):
     def __init__(self, error: KafkaError) -> None:
         super().__init__(error.str())
         self.error = error
-
-
-class _StoppedError(Exception):
-    """The stop event was set while the service waited for Kafka."""
-
-
-class _HungError(AlertError):
-    """A librdkafka call did not return: its client can no longer be used."""
 
 
 class AlertService:
@@ -153,6 +147,12 @@ class AlertService:
         self._stop = threading.Event()
         self._routed: Consumer | None = None  # reads the owned partitions of the repartition topic
         self._warned_misrouted = False
+        self._restorer = Restorer(
+            config=config, settings=self._common, link=self.link, on_skipped=self._skipped
+        )
+
+    def _skipped(self) -> None:
+        self.counters.state_skipped += 1
 
     def run(self, stop: threading.Event) -> None:
         """Create missing topics, then evaluate until `stop` is set, restoring the state of
@@ -163,11 +163,11 @@ class AlertService:
         self._stop = stop
         try:
             self._run(stop)
-        except _StoppedError:
+        except StoppedError:
             # A transaction left open is aborted when the service starts again.
             log.info("alert service stopped while it waited for Kafka")
         except KafkaException as exc:  # the last line: no librdkafka error leaves the package
-            raise AlertError(f"Kafka failed: {_describe(exc)}; {_RESTART}") from exc
+            raise AlertError(f"Kafka failed: {describe(exc)}; {RESTART}") from exc
         finally:
             if self.notifier is not None and stop.is_set():
                 self.notifier.stop()
@@ -178,7 +178,7 @@ class AlertService:
         self.owned, self._inbound = set(), set()
         self._engine = Engine(self.rules)
         self._ensure_topics(stop)
-        producer = self._client(
+        producer = make_client(
             Producer,
             {
                 # A transaction begun while Kafka still completes the last one is refused
@@ -214,7 +214,7 @@ class AlertService:
             }
             # Never subscribes and never commits: its positions are committed for the group
             # below, in each transaction, and read back from there on assignment.
-            self._routed = self._client(
+            self._routed = make_client(
                 Consumer,
                 {**read_committed, "group.id": f"{self.config.kafka.group_id}-routed"},
             )
@@ -240,7 +240,7 @@ class AlertService:
             )
             self.ready.set()
             self._loop(stop, producer, consumer, router)
-        except _HungError:
+        except HungError:
             hung = True
             raise
         finally:
@@ -257,7 +257,7 @@ class AlertService:
                 producer.close()  # disconnect now, not when the object is collected
 
     def _group_consumer(self, read_committed: dict[str, Any], group: str) -> Consumer:
-        return self._client(
+        return make_client(
             Consumer,
             {
                 **read_committed,
@@ -277,7 +277,7 @@ class AlertService:
         last_tick = last_probe = 0.0
         while not stop.is_set():
             if self.link.fatal is not None:
-                raise AlertError(f"a Kafka client failed: {self.link.fatal.str()}; {_RESTART}")
+                raise AlertError(f"a Kafka client failed: {self.link.fatal.str()}; {RESTART}")
             batch = self._poll(consumer)
             inbound = router.consume(self.config.max_batch, 0)
             now = time.time()
@@ -301,15 +301,6 @@ class AlertService:
 
     # -- Kafka calls ----------------------------------------------------------------------
 
-    def _client(self, make: Callable[[dict[str, Any]], Client], settings: dict[str, Any]) -> Client:
-        try:
-            return make(settings)
-        except KafkaException as exc:
-            raise AlertError(
-                f"Kafka settings refused by librdkafka: {mask(_describe(exc), settings)}; "
-                "fix kafka.settings"
-            ) from exc
-
     def _call(
         self,
         stop: threading.Event,
@@ -326,26 +317,26 @@ class AlertService:
         attempt = 0
         while True:
             try:
-                _bounded(call, _HUNG_AFTER_S, what)
+                bounded(call, _HUNG_AFTER_S, what)
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.fatal():
-                    raise AlertError(f"cannot {what}: {error.str()} (fatal); {_RESTART}") from exc
+                    raise AlertError(f"cannot {what}: {error.str()} (fatal); {RESTART}") from exc
                 if error.txn_requires_abort():
                     raise _MustAbortError(error) from exc
                 if not error.retriable():
-                    raise AlertError(f"cannot {what}: {error.str()}; {_RESTART}") from exc
+                    raise AlertError(f"cannot {what}: {error.str()}; {RESTART}") from exc
                 if error.code() in UNREACHABLE:
                     self.link.unreachable(error.str())
                 attempt += 1
                 if attempt >= attempts:
                     raise AlertError(
-                        f"cannot {what}: {error.str()}, {attempt} attempts; {_RESTART}"
+                        f"cannot {what}: {error.str()}, {attempt} attempts; {RESTART}"
                     ) from exc
                 delay = _TXN_BACKOFF.delay(attempt - 1)
                 log.info("cannot %s (%s); trying again in %g s", what, error.str(), delay)
                 if stop.wait(delay):
-                    raise _StoppedError from exc
+                    raise StoppedError from exc
             else:
                 self.link.reachable()
                 return
@@ -363,7 +354,7 @@ class AlertService:
     def _ensure_topics(self, stop: threading.Event) -> None:
         topics = self.config.topics
         kafka = self.config.kafka
-        admin = self._client(AdminClient, self._common)
+        admin = make_client(AdminClient, self._common)
         attempt = 0
         while True:
             try:
@@ -378,7 +369,7 @@ class AlertService:
                     ) from exc
                 self.link.unreachable(error.str())
             if stop.wait(_CONNECT_BACKOFF.delay(attempt)):
-                raise _StoppedError
+                raise StoppedError
             attempt += 1
         self.link.reachable()
         try:
@@ -400,7 +391,7 @@ class AlertService:
             if not missing:
                 break
             if time.monotonic() > deadline:
-                raise AlertError(f"topics {missing} do not show in Kafka's metadata; {_RESTART}")
+                raise AlertError(f"topics {missing} do not show in Kafka's metadata; {RESTART}")
             time.sleep(0.1)
         counts = {name: len(found[name].partitions) for name in names}
         if len(set(counts.values())) != 1:
@@ -425,7 +416,7 @@ class AlertService:
         # With read_committed this waits until a transaction of the partitions' previous owner
         # has ended (KIP-447), so the state read next holds everything it committed.
         positions = self._committed(consumer, routed)
-        store = self._restore(self._stop, new)
+        store = self._restorer.restore(new, self._stop)
         self._engine.store.update(store)
         self.owned.update(new)
         if self.notifier is not None:
@@ -472,87 +463,12 @@ class AlertService:
             committed = consumer.committed(partitions, timeout=_TIMEOUT_S)
         except KafkaException as exc:
             raise AlertError(
-                f"cannot read the committed offsets: {_describe(exc)}; {_RESTART}"
+                f"cannot read the committed offsets: {describe(exc)}; {RESTART}"
             ) from exc
         for position in committed:
             if position.offset < 0:  # nothing committed yet: auto.offset.reset=earliest
                 position.offset = OFFSET_BEGINNING
         return list(committed)
-
-    def _restore(self, stop: threading.Event, partitions: list[int]) -> StateStore:
-        """Read the committed records of `partitions` of the state and maintenance topics to
-        their end.
-
-        A record that is not a state is skipped (one log line, `counters.state_skipped`): a
-        malformed record must not turn every restart into the same crash.
-        """
-        topics = self.config.topics
-        store = StateStore()
-        consumer = self._client(
-            Consumer,
-            {
-                **self._common,
-                "group.id": f"{self.config.kafka.group_id}-restore",
-                "isolation.level": "read_committed",  # never restore from an aborted transaction
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            },
-        )
-        try:
-            wanted = [
-                TopicPartition(name, p, OFFSET_BEGINNING)
-                for name in (topics.alert_state, topics.maintenance)
-                for p in partitions
-            ]
-            consumer.assign(wanted)
-            pending = {(tp.topic, tp.partition) for tp in wanted}
-            deadline = time.monotonic() + 120
-            while pending:
-                if stop.is_set():
-                    raise _StoppedError
-                if time.monotonic() > deadline:
-                    raise AlertError(
-                        f"state restore did not reach the end of {sorted(pending)} in 120 s; "
-                        "check the Kafka cluster"
-                    )
-                msg = consumer.poll(1.0)
-                if msg is None:
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((msg.topic(), msg.partition()))
-                    elif error.fatal():
-                        raise AlertError(f"state restore failed: {error.str()}; {_RESTART}")
-                    else:
-                        self.link.on_error(error)
-                    continue
-                value = msg.value()
-                if value is not None:
-                    self._restore_record(store, msg, value)
-        finally:
-            consumer.close()
-        self.link.reachable()
-        return store
-
-    def _restore_record(self, store: StateStore, msg: Message, value: bytes) -> None:
-        key = (msg.key() or b"").decode(errors="replace")
-        try:
-            if msg.topic() == self.config.topics.alert_state:
-                store.restore_state(key, value)
-            else:
-                store.restore_maintenance(value)
-        except ValueError as exc:  # pydantic's ValidationError and JSON errors are ValueErrors
-            self.counters.state_skipped += 1
-            STATE_SKIPPED.inc()
-            log.warning(
-                "skipped a malformed state record %r at %s[%d]@%d: %s",
-                key,
-                msg.topic(),
-                msg.partition(),
-                msg.offset(),
-                str(exc).replace("\n", " "),
-            )
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -645,7 +561,7 @@ class AlertService:
             error = msg.error()
             if error is not None:
                 if error.fatal():
-                    raise AlertError(f"the consumer failed: {error.str()}; {_RESTART}")
+                    raise AlertError(f"the consumer failed: {error.str()}; {RESTART}")
                 self.link.on_error(error)
                 continue
             topic, partition = str(msg.topic()), int(msg.partition() or 0)
@@ -766,7 +682,7 @@ class AlertService:
                 error: KafkaError = exc.args[0]
                 if error.txn_requires_abort():
                     raise _MustAbortError(error) from exc
-                raise AlertError(f"cannot write to {topic!r}: {error.str()}; {_RESTART}") from exc
+                raise AlertError(f"cannot write to {topic!r}: {error.str()}; {RESTART}") from exc
 
     def _abort_and_rewind(
         self,
@@ -791,7 +707,7 @@ class AlertService:
                 lambda: producer.abort_transaction(_TXN_TIMEOUT_S),
             )
         except _MustAbortError as again:
-            raise AlertError(f"cannot abort a Kafka transaction: {again}; {_RESTART}") from again
+            raise AlertError(f"cannot abort a Kafka transaction: {again}; {RESTART}") from again
         consumer, router = members
         # The routed reader's positions are committed for the main group.
         readers = [(consumer, consumer), (router, router)]
@@ -803,9 +719,9 @@ class AlertService:
                     reader.seek(position)
         except KafkaException as exc:
             raise AlertError(
-                f"cannot rewind to the committed offsets: {_describe(exc)}; {_RESTART}"
+                f"cannot rewind to the committed offsets: {describe(exc)}; {RESTART}"
             ) from exc
-        self._engine = Engine(self.rules, self._restore(stop, sorted(self.owned)))
+        self._engine = Engine(self.rules, self._restorer.restore(sorted(self.owned), stop))
 
 
 # Headers of a routed record: where it came from (`status` or `action`) and its original key.
@@ -819,31 +735,3 @@ def _positions(partitions: list[TopicPartition]) -> set[tuple[str, int]]:
 
 def _json(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _bounded(call: Callable[[], object], timeout: float, what: str) -> None:
-    """`call()` on a helper thread; `_HungError` if it has not returned after `timeout`."""
-    done = threading.Event()
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-            raised.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="alerts-kafka-call", daemon=True).start()
-    if not done.wait(timeout):
-        raise _HungError(
-            f"librdkafka did not return from the call to {what} within {timeout:.0f} s "
-            f"(librdkafka#5456); {_RESTART}"
-        )
-    if raised:
-        raise raised[0]
-
-
-def _describe(exc: KafkaException) -> str:
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else str(exc)

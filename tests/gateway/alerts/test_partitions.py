@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from gateway.alerts.partitioning import PARTITIONER
+from gateway.alerts.partitioning import PARTITIONER, partition_of
 from gateway.topics import Topics, create_topics
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.processes import active_logs
@@ -136,6 +136,23 @@ def fleet(kafka: KafkaService, unique_topic: str, tmp_path: Path) -> Iterator[Fl
         for proc in running.procs.values():  # a failed test: no instance outlives it
             proc.kill()
             proc.wait()
+
+
+def test_partition_of_is_where_librdkafkas_murmur2_random_puts_a_train(
+    kafka: KafkaService, fleet: Fleet, unique_topic: str
+) -> None:
+    topic = Topics.with_prefix(unique_topic).telemetry  # created with PARTITIONS partitions
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "partitioner": PARTITIONER})
+    delivered: dict[str, int] = {}
+
+    def on_delivery(_error: object, msg: Message) -> None:
+        delivered[(msg.key() or b"").decode()] = int(msg.partition() or 0)
+
+    trains = [f"T{i}" for i in range(200)] + ["", "Zürich-7", "a-little-bit-longer-train-id"]
+    for train in trains:
+        producer.produce(topic, b"{}", train.encode(), on_delivery=on_delivery)
+    assert producer.flush(30) == 0
+    assert delivered == {train: partition_of(train, PARTITIONS) for train in trains}
 
 
 def _reading(train: str, seq: int, value: float) -> bytes:
