@@ -77,6 +77,8 @@ def register(app: typer.Typer) -> None:
         alerts_topic: str = typer.Option(DEFAULTS.alerts),
         maintenance_topic: str = typer.Option(DEFAULTS.maintenance),
         operator_actions_topic: str = typer.Option(DEFAULTS.operator_actions),
+        device_config_topic: str = typer.Option(DEFAULTS.device_config),
+        ota_progress_topic: str = typer.Option(DEFAULTS.ota_progress),
         history: int = typer.Option(120, help="Values kept per channel and train."),
         users_file: Path | None = typer.Option(
             None, help="Accounts from `trackside users add` (instead of the token)."
@@ -127,6 +129,8 @@ def register(app: typer.Typer) -> None:
                     alerts=alerts_topic,
                     maintenance=maintenance_topic,
                     operator_actions=operator_actions_topic,
+                    device_config=device_config_topic,
+                    ota_progress=ota_progress_topic,
                 ),
             )
         except ValidationError as exc:

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from gateway.dashboard.fleet import Fleet
+from gateway.dashboard.inventory import Inventory
 
 __all__ = ["LiveHub", "sse"]
 
@@ -26,19 +27,27 @@ def sse(event: str, data: Any) -> bytes:
 class LiveHub:
     """Fans the fleet's changes out to one queue per connected page."""
 
-    def __init__(self, fleet: Fleet, interval: float = 0.25) -> None:
+    def __init__(
+        self, fleet: Fleet, inventory: Inventory | None = None, interval: float = 0.25
+    ) -> None:
         self.fleet = fleet
+        self.inventory = inventory or Inventory()
         self.interval = interval
         self._pages: set[asyncio.Queue[bytes | None]] = set()
         # Maintenance windows by train, and why they cannot be shown (Alertmanager away).
         self.windows: dict[str, Any] = {"windows": {}, "error": None}
 
     def snapshot(self) -> bytes:
-        """The whole fleet, its active alerts and maintenance windows, sent first and after
-        falling behind."""
+        """The whole fleet, its active alerts, maintenance windows and devices, sent first and
+        after falling behind."""
         return sse(
             "snapshot",
-            {"trains": self.fleet.fleet(), "alerts": self.fleet.alerts(), **self.windows},
+            {
+                "trains": self.fleet.fleet(),
+                "alerts": self.fleet.alerts(),
+                "devices": self.inventory.devices(),
+                **self.windows,
+            },
         )
 
     def set_windows(self, windows: dict[str, Any], error: str | None) -> None:
@@ -74,8 +83,14 @@ class LiveHub:
         while True:
             await asyncio.sleep(self.interval)
             changes = self.fleet.take_changes()
-            if changes and self._pages:
-                self.publish(sse("changes", {"trains": changes.trains, "alerts": changes.alerts}))
+            devices = self.inventory.take_changes()
+            if (changes or devices) and self._pages:
+                self.publish(
+                    sse(
+                        "changes",
+                        {"trains": changes.trains, "alerts": changes.alerts, "devices": devices},
+                    )
+                )
 
     def close(self) -> None:
         """Tell every page's stream to end (server shutdown)."""

@@ -1,7 +1,9 @@
-"""The Kafka side of the dashboard: a consumer thread that keeps a `Fleet` up to date.
+"""The Kafka side of the dashboard: a consumer thread that keeps a `Fleet` and an `Inventory`
+up to date.
 
 Every dashboard reads everything, so the group id is unique per process and nothing is
-committed. At start it reads the maintenance, status and alert topics from the beginning and
+committed. At start it reads the maintenance, status, alert and device-config topics (and the
+OTA rollouts' progress topic) from the beginning and
 only the last `telemetry_backlog` records of each telemetry partition (enough for the
 sparklines). Alerts are transactional: the consumer reads with `isolation.level=read_committed`.
 """
@@ -25,6 +27,7 @@ from confluent_kafka import (
 from gateway.dashboard.clients import kafka_client
 from gateway.dashboard.config import DashboardConfig
 from gateway.dashboard.fleet import Fleet, RecordKind
+from gateway.dashboard.inventory import Inventory
 
 __all__ = ["FleetReader"]
 
@@ -38,17 +41,24 @@ _PROBE_EVERY_S = 2.0
 
 
 class FleetReader:
-    """Consumes the four topics into `fleet` on a thread; `start()`, then `stop()`."""
+    """Consumes the topics into `fleet` and `inventory` on a thread; `start()`, then
+    `stop()`."""
 
-    def __init__(self, config: DashboardConfig, fleet: Fleet) -> None:
+    def __init__(self, config: DashboardConfig, fleet: Fleet, inventory: Inventory) -> None:
         self.config = config
         self.fleet = fleet
+        self.inventory = inventory
         topics = config.topics
         self._kinds: dict[str, RecordKind] = {
             topics.telemetry: "telemetry",
             topics.device_status: "status",
             topics.alerts: "alerts",
             topics.maintenance: "maintenance",
+        }
+        # Records of the inventory alone (the statuses go to both).
+        self._inventory_only = {
+            topics.device_config: inventory.apply_config,
+            topics.ota_progress: inventory.apply_ota,
         }
         settings: dict[str, Any] = {
             "group.id": f"trackside-dashboard-{uuid.uuid4().hex[:12]}",
@@ -70,7 +80,9 @@ class FleetReader:
 
     def start(self) -> None:
         """Subscribe and start consuming on the reader thread."""
-        self._consumer.subscribe(list(self._kinds), on_assign=self._on_assign)
+        self._consumer.subscribe(
+            [*self._kinds, *self._inventory_only], on_assign=self._on_assign
+        )
         self._running.set()
         self._thread.start()
 
@@ -119,10 +131,15 @@ class FleetReader:
                 if error is not None:
                     self._on_error(error)
                     continue
-                kind = self._kinds.get(msg.topic() or "")
+                topic, timestamp_ms = msg.topic() or "", msg.timestamp()[1]
+                kind = self._kinds.get(topic)
                 if kind is not None:
-                    self.fleet.apply(kind, msg.key(), msg.value(), msg.timestamp()[1])
-                    self._answered()
+                    self.fleet.apply(kind, msg.key(), msg.value(), timestamp_ms)
+                if kind == "status":
+                    self.inventory.apply_status(msg.key(), msg.value(), timestamp_ms)
+                elif topic in self._inventory_only:
+                    self._inventory_only[topic](msg.key(), msg.value(), timestamp_ms)
+                self._answered()
             if not batch and self._last_code in _UNREACHABLE:
                 self._probe()
 

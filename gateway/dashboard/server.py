@@ -4,6 +4,7 @@ GET  /                            the page (static/index.html, app.js, style.css
 GET  /api/fleet                   every train's summary
 GET  /api/trains/{train_id}       one train: values per channel, alert history
 GET  /api/alerts[?all=1]          active alerts (or the latest event of every alert)
+GET  /api/devices                 the device inventory: every device's status, config drift
 GET  /api/rules                   the rule file's levels per channel, descriptions, runbooks
 GET  /api/maintenance.json|.csv   flagged trains with their alerts (`?all=1`: cleared ones too)
 GET  /api/events                  Server-Sent Events: `snapshot`, then `changes`
@@ -41,6 +42,7 @@ from gateway.dashboard.auth import PRINCIPAL, add_auth
 from gateway.dashboard.config import DashboardConfig
 from gateway.dashboard.export import maintenance_csv, maintenance_report
 from gateway.dashboard.fleet import ACTIVE_STATES, Fleet
+from gateway.dashboard.inventory import Inventory
 from gateway.dashboard.levels import RuleBook, load_rule_book
 from gateway.dashboard.live import LiveHub
 from gateway.dashboard.reader import FleetReader
@@ -54,6 +56,7 @@ STATIC = Path(__file__).parent / "static"
 HEARTBEAT_S = 15.0
 
 FLEET = web.AppKey("fleet", Fleet)
+INVENTORY = web.AppKey("inventory", Inventory)
 CONFIG = web.AppKey("config", DashboardConfig)
 HUB = web.AppKey("hub", LiveHub)
 READER = web.AppKey("reader", FleetReader)
@@ -76,7 +79,8 @@ def create_app(config: DashboardConfig) -> web.Application:
     add_auth(app, config)
     app[RULES] = rules
     app[FLEET] = fleet
-    app[HUB] = LiveHub(fleet)
+    app[INVENTORY] = inventory = Inventory()
+    app[HUB] = LiveHub(fleet, inventory)
     app.cleanup_ctx.append(_kafka)
     app.on_shutdown.append(_close_streams)
     if config.alertmanager_url is not None:
@@ -87,6 +91,7 @@ def create_app(config: DashboardConfig) -> web.Application:
     app.router.add_get("/api/fleet", _fleet)
     app.router.add_get("/api/trains/{train_id}", _train)
     app.router.add_get("/api/alerts", _alerts)
+    app.router.add_get("/api/devices", _devices)
     app.router.add_get("/api/events", _events)
     app.router.add_get("/api/rules", _rules)
     app.router.add_get("/api/maintenance.json", _maintenance_json)
@@ -101,7 +106,7 @@ def create_app(config: DashboardConfig) -> web.Application:
 
 async def _kafka(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    app[READER] = FleetReader(config, app[FLEET])
+    app[READER] = FleetReader(config, app[FLEET], app[INVENTORY])
     app[ACTIONS] = ActionProducer(config)
     app[READER].start()
     live = asyncio.create_task(app[HUB].run())
@@ -181,6 +186,10 @@ async def _train(request: web.Request) -> web.Response:
     train["maintenance_window"] = _window_json(windows, train_id)
     train["maintenance_windows_error"] = error
     return web.json_response(train)
+
+
+async def _devices(request: web.Request) -> web.Response:
+    return web.json_response({"devices": request.app[INVENTORY].devices()})
 
 
 async def _alerts(request: web.Request) -> web.Response:

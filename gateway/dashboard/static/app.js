@@ -1,4 +1,5 @@
-// Trackside dashboard: fleet, train pages and alerts, kept live by Server-Sent Events.
+// Trackside dashboard: fleet, train pages, alerts and the device inventory (devices.js), kept
+// live by Server-Sent Events.
 // Plain JS, no build step. Everything from Kafka is untrusted text: built with DOM nodes,
 // never with innerHTML.
 "use strict";
@@ -455,8 +456,9 @@ let shownRoute = null;
 function render() {
   const trainId = route();
   const view = document.getElementById("view");
-  const wanted = (trainId ? trainView(trainId) : fleetView()).filter(Boolean);
-  const routeKey = trainId ? `train:${trainId}` : "fleet";
+  const devices = !trainId && location.hash === "#/devices"; // the inventory (devices.js)
+  const wanted = (trainId ? trainView(trainId) : devices ? devicesView() : fleetView()).filter(Boolean);
+  const routeKey = trainId ? `train:${trainId}` : devices ? "devices" : "fleet";
   // Another page: built afresh (its buttons act on another train); the same page: patched.
   if (routeKey !== shownRoute) view.replaceChildren(...wanted);
   else morphChildren(view, wanted);
@@ -547,6 +549,7 @@ function connect() {
     state.alerts.clear();
     data.trains.forEach(mergeTrain);
     data.alerts.forEach(mergeAlert);
+    mergeDevices(data.devices, true);
     mergeWindows(data);
     render();
     loadDetail();
@@ -555,6 +558,7 @@ function connect() {
     const data = JSON.parse(event.data);
     data.trains.forEach(mergeTrain);
     data.alerts.forEach(mergeAlert);
+    mergeDevices(data.devices, false);
     const trainId = route();
     if (trainId && data.trains.some((t) => t.train_id === trainId)) loadDetail();
     else render();

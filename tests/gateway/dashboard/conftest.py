@@ -66,7 +66,10 @@ def _create_topics(bootstrap: str, topics: Topics) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     names = [topics.telemetry, topics.device_status, topics.alerts, topics.operator_actions]
     new = [NewTopic(name, num_partitions=2) for name in names]
-    new.append(NewTopic(topics.maintenance, num_partitions=1, config={"cleanup.policy": "compact"}))
+    new += [
+        NewTopic(name, num_partitions=1, config={"cleanup.policy": "compact"})
+        for name in (topics.maintenance, topics.device_config, topics.ota_progress)
+    ]
     for future in admin.create_topics(new, operation_timeout=30).values():
         future.result(timeout=60)
 
@@ -82,6 +85,8 @@ def _running(kafka: KafkaService, tmp_path: Path, options: list[str]) -> Iterato
         alerts=f"test.alerts.{suffix}",
         maintenance=f"test.maintenance.{suffix}",
         operator_actions=f"test.operator-actions.{suffix}",
+        device_config=f"test.device-config.{suffix}",
+        ota_progress=f"test.ota-progress.{suffix}",
     )
     _create_topics(kafka.bootstrap_servers, topics)
     token_file = tmp_path / "token"
@@ -89,7 +94,9 @@ def _running(kafka: KafkaService, tmp_path: Path, options: list[str]) -> Iterato
     port = free_port()
     argv = [sys.executable, "-m", "gateway", "dashboard", "--port", str(port)]
     argv += ["--bootstrap-servers", kafka.bootstrap_servers, "--token-file", str(token_file)]
-    for name in ("telemetry", "device_status", "alerts", "maintenance", "operator_actions"):
+    names = ("telemetry", "device_status", "alerts", "maintenance", "operator_actions",
+             "device_config", "ota_progress")
+    for name in names:
         argv += [f"--{name.replace('_', '-')}-topic", getattr(topics, name)]
     argv += options
     log_file = LOG_ROOT / f"dashboard-{suffix}.log"
