@@ -14,7 +14,11 @@ Run: `python -m benchmarks.ota`. Measured:
   then with ed25519.py too, after one check, on both builds;
 - transfer: DEVICES unix-port devices on the embedded broker (`trackside broker run`), one
   release pushed to one device and then to all at once, from the offer to the verdict
-  (`confirmed`) and from the first chunk request to the switch (fetch and hash checks).
+  (`confirmed`) and from the first chunk request to the switch (fetch and hash checks);
+- rollout (`python -m benchmarks.ota rollout` measures only this, into ota-rollout.json):
+  ROLLOUT_DEVICES unix-port devices behind `trackside gateway run` with `ota:` and Kafka, a
+  staged rollout (one canary, waves 10/50/100 %) from the plan written to Kafka to `done`,
+  each wave from its first offer to its last verdict, each device from offer to `confirmed`.
 """
 
 from __future__ import annotations
@@ -25,24 +29,33 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks.micropython32 import micropython32
 from benchmarks.report import report
-from benchmarks.services import child, wait_for_port
+from benchmarks.services import child, kafka_cluster, wait_for_port
 from gateway.devicetools.deploy import compile_mpy
 from gateway.firmware_bundle import FIRMWARE
 from gateway.localkafka import free_port
+from gateway.ota.config import OtaSettings
+from gateway.ota.executor import Fleet
 from gateway.ota.push import DeviceUpdate, Push, Target
 from gateway.ota.release import Release, build_release, read_release
+from gateway.ota.rollout import DeviceProgress, RolloutPlan
+from gateway.ota.store import RolloutStore, release_id
+from gateway.topics import Topics, ensure_topics
 from tests.fixtures.micropython import layout_board, micropython_binary
 
 __all__ = ["main"]
 
 VERIFY_RUNS = 9
 DEVICES = 4
+ROLLOUT_DEVICES = 20
 # Run on the device: import ed25519 and check the signature VERIFY_RUNS times; the update
 # client's heap before, with and after ed25519. Prints one JSON line.
 PROBE = """
@@ -113,7 +126,7 @@ def on_device(
     ]
 
 
-def _supervise(boards: list[Path], port: int, stop: threading.Event) -> None:
+def _supervise(boards: list[Path], stop: threading.Event) -> None:
     # As a board resets: a device that exits (to switch slots) is started again at once.
     procs: dict[Path, subprocess.Popen[bytes]] = {}
     micropython = micropython_binary()
@@ -144,7 +157,7 @@ def transfer(tmp: Path, releases: list[Release]) -> list[dict[str, object]]:
     stop = threading.Event()
     with child(argv, tmp / "broker.log") as broker:
         wait_for_port(port, 30, broker)
-        devices = threading.Thread(target=_supervise, args=(boards, port, stop), daemon=True)
+        devices = threading.Thread(target=_supervise, args=(boards, stop), daemon=True)
         devices.start()
         try:
             one = _push(releases[0], [Target("BENCH", 1)], port)
@@ -171,11 +184,99 @@ def _push(release: Release, targets: list[Target], port: int) -> list[DeviceUpda
     return Push(release, targets, "127.0.0.1", port, timeout_s=120).run()
 
 
+def rollout(tmp: Path, bundle: bytes, release: Release) -> list[dict[str, object]]:
+    """A staged rollout to ROLLOUT_DEVICES devices through a gateway and Kafka, end to end."""
+    mqtt_port, http_port = free_port(), free_port()
+    key = KEY.public_key().public_bytes_raw().hex()
+    (tmp / "release.pub").write_text(key)
+    topics = Topics.with_prefix("bench")
+    boards = [layout_board(tmp / f"rollout-{n}", {
+        "device_id": n, "train_id": f"B{1 + n % 2}", "board": "unix", "sample_ms": 1000,
+        "broker": {"host": "127.0.0.1", "port": mqtt_port}, "backoff_ms": [200, 1000],
+        "ota_key": key}) for n in range(1, ROLLOUT_DEVICES + 1)]
+    stop = threading.Event()
+    with kafka_cluster(tmp / "kafka") as servers:
+        (tmp / "gateway.yaml").write_text(yaml.safe_dump({
+            "broker": {"port": mqtt_port}, "connectors": [], "http": {"port": http_port},
+            "ota": {"bootstrap_servers": servers, "topics": topics.model_dump(),
+                    "public_key": "release.pub", "discovery_s": 1}}))
+        ensure_topics(servers, topics)
+        argv = [sys.executable, "-m", "gateway", "gateway", "run", "-c", str(tmp / "gateway.yaml")]
+        with child(argv, tmp / "gateway.log") as gateway:
+            wait_for_port(http_port, 60, gateway)
+            devices = threading.Thread(target=_supervise, args=(boards, stop), daemon=True)
+            devices.start()
+            fleet = Fleet(OtaSettings(gateway_id="benchmark"), "127.0.0.1", mqtt_port)
+            fleet.start()
+            try:
+                _until(lambda: len(fleet.devices()) == ROLLOUT_DEVICES, 120, "devices online")
+                history: list[DeviceProgress] = []
+                store = RolloutStore(servers, topics, on_progress=history.append)
+                store.catch_up()
+                plan = RolloutPlan(id="bench", release=release_id(release.version,
+                                   release.digest), version=release.version,
+                                   canaries=("B2/1",), waves=(10, 50, 100), timeout_s=300)
+                started = time.time()
+                store.put_release(plan.release, bundle)
+                store.put_plan(plan)
+                _until(lambda: store.poll(0.2) >= 0 and store.plans["bench"].state != "running",
+                       600, "the rollout done")
+                ended = store.plans["bench"].updated
+                store.close()
+            finally:
+                fleet.close()
+                stop.set()
+                devices.join()
+    if store.plans["bench"].state != "done":
+        raise SystemExit(f"the rollout did not end done: {store.plans['bench']}")
+    return _rollout_rows(history, ended - started)
+
+
+def _rollout_rows(history: list[DeviceProgress], total_s: float) -> list[dict[str, object]]:
+    offered: dict[Target, float] = {}
+    verdict: dict[Target, float] = {}
+    wave_of: dict[Target, int] = {}
+    for p in history:
+        wave_of[p.target] = p.wave
+        if p.state == "offered":
+            offered.setdefault(p.target, p.at)
+        elif p.state == "confirmed":
+            verdict[p.target] = p.at
+    per_device = [verdict[t] - offered[t] for t in verdict]
+    rows: list[dict[str, object]] = [
+        {"what": f"rollout, {len(verdict)} devices (1 canary, waves 10/50/100 %), plan written "
+                 "to done, s", "value": f"{total_s:.1f}"},
+        {"what": "  each device, offer to confirmed, s, mean (max)",
+         "value": f"{statistics.mean(per_device):.2f} ({max(per_device):.2f})"},
+    ]
+    for wave in sorted(set(wave_of.values())):
+        members = [t for t, w in wave_of.items() if w == wave]
+        span = max(verdict[t] for t in members) - min(offered[t] for t in members)
+        label = "canary" if wave == 0 else f"wave {wave}"
+        rows.append({"what": f"  {label} ({len(members)} devices), first offer to last "
+                             "verdict, s", "value": f"{span:.2f}"})
+    return rows
+
+
+def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 KEY = Ed25519PrivateKey.generate()
 
 
 def main() -> None:
-    """Measure and report."""
+    """Measure and report; `rollout` as the argument measures only the staged rollout."""
+    if sys.argv[1:] == ["rollout"]:
+        bundle = build_release("unix", "1.1.0", KEY)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = rollout(Path(tmp), bundle, read_release(bundle, KEY.public_key()))
+        report("ota-rollout", "Staged OTA rollout", rows, notes=ROLLOUT_NOTES)
+        return
     bundle = build_release("unix", "1.1.0", KEY)
     release = read_release(bundle, KEY.public_key())
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,6 +294,12 @@ def main() -> None:
         "device, over loopback on a 2-core machine; a board on Wi-Fi waits a real round trip "
         "per chunk.",
     )
+
+
+ROLLOUT_NOTES = (
+    "One gateway (embedded broker) on the same 2-core machine as Kafka and the devices; a "
+    "wave starts once every device of the waves before it has its verdict, so the total is "
+    "about the canary plus one update per wave.")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -36,8 +36,12 @@ class RolloutStore:
         topics: Topics,
         settings: Mapping[str, Any] | None = None,
         with_releases: bool = True,
+        on_progress: Callable[[DeviceProgress], None] | None = None,
     ) -> None:
+        """`on_progress` sees every progress record read, in order (the tables keep only
+        each device's last)."""
         self.bootstrap_servers = bootstrap_servers
+        self._on_progress = on_progress
         self.topics = topics
         self.plans: dict[str, RolloutPlan] = {}
         self.progress: dict[str, DeviceProgress] = {}
@@ -129,7 +133,10 @@ class RolloutStore:
             elif topic == self.topics.ota_rollouts:
                 _put(self.plans, key, value and RolloutPlan.model_validate_json(value))
             elif topic == self.topics.ota_progress:
-                _put(self.progress, key, value and DeviceProgress.model_validate_json(value))
+                record = value and DeviceProgress.model_validate_json(value)
+                _put(self.progress, key, record)
+                if record and self._on_progress is not None:
+                    self._on_progress(record)
         except ValidationError as exc:
             log.warning("skipping a record of %s (key %s) this version cannot read: %s",
                         topic, key, exc.errors()[0]["msg"])

@@ -18,7 +18,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from typer.testing import CliRunner
@@ -38,6 +37,7 @@ from gateway.ota.rollout import (
     parse_device,
     summarize,
 )
+from gateway.ota.store import RolloutStore
 from gateway.topics import Topics
 from tests.firmware.test_ota import Supervised
 from tests.fixtures import micropython as micropython_fixture
@@ -174,27 +174,14 @@ class Rig:
 
     def history(self, rollout_id: str) -> list[DeviceProgress]:
         """Every progress record of the rollout so far, in the order written."""
-        topic = Topics.with_prefix(self.prefix).ota_progress
-        consumer = Consumer({"bootstrap.servers": self.bootstrap_servers, "log_level": 0,
-                             "group.id": f"h-{uuid.uuid4().hex[:8]}",
-                             "enable.auto.commit": False})
+        records: list[DeviceProgress] = []
+        store = RolloutStore(self.bootstrap_servers, Topics.with_prefix(self.prefix),
+                             with_releases=False, on_progress=records.append)
         try:
-            tp = TopicPartition(topic, 0, OFFSET_BEGINNING)
-            end = consumer.get_watermark_offsets(tp, timeout=10)[1]
-            consumer.assign([tp])
-            records: list[DeviceProgress] = []
-            position = 0
-            while position < end:
-                msg = consumer.poll(5)
-                if msg is None:
-                    raise AssertionError(f"{topic}: nothing read at offset {position} of {end}")
-                position = (msg.offset() or 0) + 1
-                record = DeviceProgress.model_validate_json(msg.value() or b"")
-                if record.rollout == rollout_id:
-                    records.append(record)
-            return records
+            store.catch_up()
         finally:
-            consumer.close()
+            store.close()
+        return [p for p in records if p.rollout == rollout_id]
 
     def states(self, rollout_id: str) -> dict[str, str]:
         """Each device's last state."""
