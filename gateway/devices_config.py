@@ -292,10 +292,12 @@ class ConfigPublisher:
         bootstrap_servers: str,
         retainer: Retainer,
         kafka_settings: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.retainer = retainer
-        self.twins = Twins(settings.resend_s)
+        self._clock = clock
+        self.twins = Twins(settings.resend_s, clock)
         self.published = 0
         self._kafka = {
             "bootstrap.servers": bootstrap_servers,
@@ -308,7 +310,10 @@ class ConfigPublisher:
         }
 
     def run(self, stop: threading.Event) -> None:
-        """The worker (gateway.supervise): until `stop`, apply each record as it comes."""
+        """The worker (gateway.supervise): until `stop`, apply each record as it comes. Each
+        run starts afresh from the beginning of both topics, so that a config whose publish
+        failed (the run ended by it) is published by the next."""
+        self.twins = Twins(self.settings.resend_s, self._clock)
         try:
             consumer = Consumer(self._kafka)
         except KafkaException as exc:
@@ -339,8 +344,11 @@ class ConfigPublisher:
             if topic == self.settings.topic:
                 send = self.twins.desire(key, parse_desired(value))
             else:
-                send = self.twins.report(key, json.loads(value) if value else None)
-        except ValueError as exc:  # also JSONDecodeError
+                status = json.loads(value) if value else None
+                if status is not None and not isinstance(status, dict):
+                    raise ValueError("a status is a JSON object")
+                send = self.twins.report(key, status)
+        except (ValueError, RecursionError) as exc:  # also JSONDecodeError, bad UTF-8
             log.warning("device config: skipped a record of %s for %s: %s", topic, key, exc)
             return
         desired = self.twins.desired(key)

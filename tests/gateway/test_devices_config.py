@@ -25,6 +25,8 @@ from typer.testing import CliRunner
 from gateway import GatewayError
 from gateway.cli import build_app
 from gateway.devices_config import (
+    ConfigPublisher,
+    ConfigSettings,
     DesiredConfig,
     DeviceConfig,
     Twins,
@@ -96,6 +98,37 @@ def test_a_device_online_with_an_older_version_is_sent_its_config_again() -> Non
     assert not twins.report("T9/9", {"state": "online", "cfg": 0})  # nothing desired for it
     assert twins.desire("T1/1", DesiredConfig(version=2, config=DeviceConfig()))
     assert twins.drifting() == ["T1/1"]
+
+
+class _Recorder:
+    """A retainer that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.sent.append((topic, payload))
+
+
+def test_the_publisher_sends_new_configs_and_passes_over_garbage() -> None:
+    settings = ConfigSettings(resend_s=30)
+    recorder = _Recorder()
+    now = [0.0]
+    publisher = ConfigPublisher(settings, "127.0.0.1:1", recorder, clock=lambda: now[0])
+    desired = DesiredConfig(version=1, config=DeviceConfig(sample_ms=500))
+    record = json.dumps(desired.model_dump()).encode()
+    publisher.apply(settings.topic, b"T1/1", record)
+    assert recorder.sent == [("trackside/v1/T1/1/config", desired.mqtt_payload())]
+    for garbage in (b"[1]", b"\xff", b"{", b"[" * 100_000, b"null"):
+        publisher.apply(settings.status_topic, b"T1/1", garbage)
+        publisher.apply(settings.topic, b"T1/2", garbage)
+    publisher.apply(settings.topic, None, record)  # no key: whose would it be
+    assert len(recorder.sent) == 1
+    now[0] += 30
+    publisher.apply(settings.status_topic, b"T1/1", b'{"state": "online", "cfg": 0}')
+    assert len(recorder.sent) == 2  # resend_s passed: sent again
+    publisher.apply(settings.status_topic, b"T1/1", b'{"state": "online", "cfg": 1}')
+    assert len(recorder.sent) == 2 and publisher.twins.drifting() == []
 
 
 # -- a firmware device behind `trackside gateway run`, integration ----------------------------
