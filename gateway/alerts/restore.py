@@ -59,9 +59,17 @@ class Restorer:
                 "isolation.level": "read_committed",  # never restore from an aborted transaction
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                # The end of a partition is all a restore waits for: a fetch that finds
+                # nothing new answers at once instead of after librdkafka's 500 ms.
+                "fetch.wait.max.ms": 10,
             },
         )
         try:
+            # Leaders known before the assignment: otherwise librdkafka looks for the start
+            # offsets only after a fixed 500 ms (measured: 0.52 s for empty partitions, 0.09 s
+            # with this).
+            for name in (topics.alert_state, topics.maintenance):
+                consumer.list_topics(name, timeout=30)
             wanted = [
                 TopicPartition(name, p, OFFSET_BEGINNING)
                 for name in (topics.alert_state, topics.maintenance)
