@@ -14,7 +14,7 @@ from bridge.topics import TopicError, create_missing, new_topic
 from bridge.topics import min_insync_replicas as min_insync_replicas_for
 from gateway import GatewayError
 
-__all__ = ["Topics", "create_topics", "ensure_topics"]
+__all__ = ["Topics", "compacted_topics", "create_topics", "ensure_topics"]
 
 
 class Topics(BaseModel):
@@ -51,6 +51,12 @@ class Topics(BaseModel):
         )
 
 
+def compacted_topics(topics: Topics) -> set[str]:
+    """The names of the topics where only each key's last record matters (compacted)."""
+    return {topics.alert_state, topics.maintenance, topics.device_config, topics.ota_rollouts,
+            topics.ota_progress, topics.ota_releases}
+
+
 def create_topics(
     admin: AdminClient,
     topics: Topics,
@@ -65,8 +71,7 @@ def create_topics(
     device-config and OTA topics compacted: only each key's last record matters); the names
     created.
     `min_insync_replicas` defaults to one fewer than `replication_factor`, at least 1."""
-    compacted = {topics.alert_state, topics.maintenance, topics.device_config,
-                 topics.ota_rollouts, topics.ota_progress, topics.ota_releases}
+    compacted = compacted_topics(topics)
     insync = min_insync_replicas_for(replication_factor, min_insync_replicas)
     wanted = [
         new_topic(
