@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -137,23 +138,25 @@ def configure(
     previous version had it. The gateway sends it to the device (retained) and shows drift
     until the device reports running it."""
     key = twin_key(train, device)
-    previous = read_desired(bootstrap_servers, topic, key)
-    base = previous.config if previous else DeviceConfig()
     changes = {**{c: False for c in disable}, **{c: True for c in enable}}
-    try:
-        desired = DesiredConfig(
-            version=previous.version + 1 if previous else 1,
-            config=DeviceConfig(
-                sample_ms=base.sample_ms if sample_ms is None else sample_ms,
-                enable={**base.enable, **changes},
-            ),
-        )
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise GatewayError(f"config refused: {problems}") from exc
+    given = {"enable": changes} | ({} if sample_ms is None else {"sample_ms": sample_ms})
+    _checked(given)  # before Kafka is asked anything
+    previous = read_desired(bootstrap_servers, topic, key)
+    base = previous.config.model_dump() if previous else {}
+    config = _checked({**base, **given, "enable": {**base.get("enable", {}), **changes}})
+    desired = DesiredConfig(version=previous.version + 1 if previous else 1, config=config)
     write_desired(bootstrap_servers, topic, key, desired)
     off = sorted(c for c, on in desired.config.enable.items() if not on)
     console.print(
         f"{key}: config version {desired.version} (sample_ms {desired.config.sample_ms}, "
         f"disabled: {', '.join(off) or 'none'}); the gateway sends it to the device"
     )
+
+
+def _checked(config: Mapping[str, object]) -> DeviceConfig:
+    """`config` as a DeviceConfig; GatewayError naming each problem."""
+    try:
+        return DeviceConfig.model_validate(config)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise GatewayError(f"config refused: {problems}") from exc

@@ -100,6 +100,18 @@ def test_a_device_online_with_an_older_version_is_sent_its_config_again() -> Non
     assert twins.drifting() == ["T1/1"]
 
 
+def test_configure_refuses_what_the_firmware_would_ignore_before_asking_kafka() -> None:
+    # Port 1: nothing listens there, so an answer naming the problem cannot come from Kafka.
+    result = CliRunner().invoke(build_app(), [
+        "devices", "configure", "--train", "T1", "--device", "1", "--sample-ms", "50",
+        "--disable", "warp", "--bootstrap-servers", "127.0.0.1:1"])
+    assert result.exit_code == 1
+    assert str(result.exception) == (
+        "config refused: sample_ms: Input should be greater than or equal to 100; enable: Value "
+        "error, unknown channel warp: expected one of engine_temp, bearing_left_temp, "
+        "bearing_right_temp, vibration_rms, speed, supply_voltage, ambient_temp")
+
+
 class _Recorder:
     """A retainer that keeps what it is given."""
 
@@ -172,10 +184,11 @@ def rig(
     unix_device: Callable[..., UnixDevice],
 ) -> Iterator[Callable[[str], Rig]]:
     """`make("embedded")` or `make("mosquitto")`: the gateway with that broker (the command
-    connector and the config publisher on it), and a device sampling every 200 ms."""
+    connector and the config publisher on it), and a device sampling every 200 ms (its other
+    trackside.json keys as keywords)."""
     made: list[Rig] = []
 
-    def make(broker_kind: str) -> Rig:
+    def make(broker_kind: str, **device_config: Any) -> Rig:
         prefix = f"cfg-{uuid.uuid4().hex[:8]}"
         topics = Topics.with_prefix(prefix)
         http_port = free_port()
@@ -213,7 +226,7 @@ def rig(
                         str(tmp_path / "gateway.yaml")], "127.0.0.1", http_port,
             LOG_ROOT / f"gateway-{prefix}.log")
         gateway.start(60)
-        device = unix_device(broker, boot=False)
+        device = unix_device(broker, boot=False, **device_config)
         observer = Observer(broker, device)
         device.start()
         made.append(rig := Rig(gateway, broker, topics, kafka.bootstrap_servers,
@@ -268,7 +281,8 @@ def test_a_desired_config_reaches_the_device_through_kafka_and_the_gateway(
 
 @pytest.mark.integration
 def test_a_device_that_was_offline_gets_its_config_on_reconnect(rig: Callable[[str], Rig]) -> None:
-    r = rig("embedded")
+    # A status every second: the gateway sends again on a status, at most every resend_s (1 s)
+    r = rig("embedded", status_ms=1000)
     r.device.stop()  # power off: the broker publishes its last will
     # (wait_until: the observer's own wait fails as soon as the device is not running)
     wait_until(lambda: r.statuses()[-1]["state"] == "offline", 60, "the last will")
@@ -286,7 +300,7 @@ def test_a_device_that_was_offline_gets_its_config_on_reconnect(rig: Callable[[s
     r.observer.wait(lambda: r.statuses()[-1].get("cfg") == 1, "version 1 sent again")
     configs = r.observer.payloads("config")
     assert b"" in configs and configs[configs.index(b"") + 1:], "no config sent after the clear"
-    assert r.drift_metric() == 0
+    wait_until(lambda: r.drift_metric() == 0, 30, "no drift once the gateway has the status")
     assert "config ignored" not in r.device.log()
 
 
