@@ -129,3 +129,15 @@ def test_a_disabled_train_stands_cools_and_runs_healthy_once_enabled() -> None:
         device.reading(0)
     relative, difference = over_ambient()
     assert relative < 60 and difference < 30  # running again, and no fault heat comes back
+
+
+def test_the_status_has_the_firmwares_fields_and_an_update_is_refused() -> None:
+    device = SimDevice(FleetSpec(trains=1).devices()[0], "trackside", step_s=1.0)
+    status = json.loads(device.status())
+    assert {"app", "slot", "cfg"} <= set(status) and status["cfg"] == 0
+    assert "heap" not in status and "rssi" not in status  # no MicroPython heap, no radio
+    reply, changed = device.command(b'{"id": "u1", "op": "ota", "m": "{}", "sig": "00"}')
+    assert json.loads(reply) == {
+        "id": "u1", "ok": False, "state": "online", "ota": "refused",
+        "error": "a simulated device cannot be updated over the air"}
+    assert not changed
