@@ -178,8 +178,12 @@ class _Run:
             if due:
                 self._start_push(due)
         if self.push is not None:
-            self.push.step()
+            unfinished = self.push.step()
             self._sync()
+            if not unfinished and (plan.state != "running" or "pending" not in map(
+                    self._state, self.waves)):
+                self.close()  # nothing left to follow: no idle MQTT session per rollout
+                self.push = None
         if plan.state in ("running", "paused"):
             reason = abort_reason(plan, self._progress())
             if reason is not None:

@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -301,6 +302,9 @@ def test_a_good_release_goes_canary_first_then_wave_by_wave(
         assert all(confirmed[n] <= offered[name] for n in earlier), (name, history)
     table = r.cli("status", "good")
     assert "canary" in table and "3 (100%)" in table and "confirmed" in table
+    with urllib.request.urlopen(f"http://127.0.0.1:{r.gateway.port}/status", timeout=10) as got:
+        worker = json.loads(got.read())["workers"]["ota"]
+    assert (worker["state"], worker["restarts"]) == ("running", 0), worker
 
 
 @pytest.mark.integration
