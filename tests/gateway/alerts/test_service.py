@@ -26,6 +26,9 @@ from tests.fixtures.processes import active_logs
 from tests.fixtures.waiting import wait_until
 from tests.gateway.alerts.conftest import Event, TopicReader
 
+# The fault suite's cluster tests take these from here.
+__all__ = ["HOT_RULES", "PATTERN", "TopicReader"]
+
 pytestmark = pytest.mark.integration
 
 HOT_RULES = """
