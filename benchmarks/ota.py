@@ -47,7 +47,7 @@ from gateway.ota.executor import Fleet
 from gateway.ota.push import DeviceUpdate, Push, Target
 from gateway.ota.release import Release, build_release, read_release
 from gateway.ota.rollout import DeviceProgress, RolloutPlan
-from gateway.ota.store import RolloutStore, release_id
+from gateway.ota.store import RolloutStore, ota_topic_names, release_id
 from gateway.topics import Topics, ensure_topics
 from tests.fixtures.micropython import layout_board, micropython_binary
 
@@ -200,7 +200,7 @@ def rollout(tmp: Path, bundle: bytes, release: Release) -> list[dict[str, object
             "broker": {"port": mqtt_port}, "connectors": [], "http": {"port": http_port},
             "ota": {"bootstrap_servers": servers, "topics": topics.model_dump(),
                     "public_key": "release.pub", "discovery_s": 1}}))
-        ensure_topics(servers, topics)
+        ensure_topics(servers, topics, only=ota_topic_names(topics))
         argv = [sys.executable, "-m", "gateway", "gateway", "run", "-c", str(tmp / "gateway.yaml")]
         with child(argv, tmp / "gateway.log") as gateway:
             wait_for_port(http_port, 60, gateway)

@@ -66,10 +66,11 @@ def create_topics(
     timeout_s: float = 30.0,
     *,
     min_insync_replicas: int | None = None,
+    only: Collection[str] | None = None,
 ) -> list[str]:
-    """Create each topic of `topics` not in `existing` (the alert-state, maintenance,
-    device-config and OTA topics compacted: only each key's last record matters); the names
-    created.
+    """Create each topic of `topics` (or of them, those named in `only`) not in `existing`
+    (the alert-state, maintenance, device-config and OTA topics compacted: only each key's
+    last record matters); the names created.
     `min_insync_replicas` defaults to one fewer than `replication_factor`, at least 1."""
     compacted = compacted_topics(topics)
     insync = min_insync_replicas_for(replication_factor, min_insync_replicas)
@@ -82,6 +83,7 @@ def create_topics(
             {"cleanup.policy": "compact"} if name in compacted else None,
         )
         for name in dict.fromkeys(topics.model_dump().values())
+        if only is None or name in only
     ]
     try:
         return create_missing(admin, wanted, existing, timeout_s)
@@ -94,10 +96,14 @@ def ensure_topics(
     topics: Topics,
     settings: Mapping[str, Any] | None = None,
     timeout_s: float = 30.0,
+    *,
+    only: Collection[str] | None = None,
+    replication_factor: int = 1,
 ) -> list[str]:
     """Create the topics Kafka does not have yet, so that no consumer subscribes to a topic
     that is missing (librdkafka warns "Subscribed topic not available" until it appears); the
-    names created. `settings` go to librdkafka untouched (security.protocol, sasl.*)."""
+    names created. `settings` go to librdkafka untouched (security.protocol, sasl.*); `only`
+    and `replication_factor` as for `create_topics`."""
     admin = AdminClient(
         {"bootstrap.servers": bootstrap_servers, "log_level": 0, **(settings or {})}
     )
@@ -108,4 +114,5 @@ def ensure_topics(
             f"cannot list the topics of {bootstrap_servers}: {exc.args[0].str()}; check that "
             "Kafka runs there (`trackside kafka status`)"
         ) from exc
-    return create_topics(admin, topics, existing, timeout_s=timeout_s)
+    return create_topics(admin, topics, existing, replication_factor=replication_factor,
+                         timeout_s=timeout_s, only=only)

@@ -25,7 +25,7 @@ from gateway.ota.release import (
     read_release,
 )
 from gateway.ota.rollout import STATES, AbortRule, RolloutPlan, RolloutState, summarize
-from gateway.ota.store import RolloutStore, release_id
+from gateway.ota.store import RolloutStore, ota_topic_names, release_id
 from gateway.topics import Topics, ensure_topics
 
 __all__ = ["app"]
@@ -166,9 +166,11 @@ def rollout(
     public_key: Path = PUBLIC_KEY,
     bootstrap_servers: str = BOOTSTRAP,
     topic_prefix: str = PREFIX,
+    replication_factor: int = typer.Option(
+        1, min=1, metavar="N", help="Copies of the OTA topics, if this creates them."
+    ),
 ) -> None:
-    """Start a staged rollout: the release and its plan go to Kafka, every gateway with `ota:`
-    updates its own devices, canaries first, then wave by wave."""
+    """Start a staged rollout through Kafka: canaries first, then wave by wave."""
     made = read_release(bundle.read_bytes(), load_public_key(public_key.read_text()))
     try:
         plan = RolloutPlan(
@@ -185,7 +187,8 @@ def rollout(
     except ValueError as exc:  # pydantic's ValidationError is one
         raise OtaError(f"not a rollout plan: {exc}") from exc
     topics = Topics.with_prefix(topic_prefix)
-    ensure_topics(bootstrap_servers, topics)
+    ensure_topics(bootstrap_servers, topics, only=ota_topic_names(topics),
+                  replication_factor=replication_factor)
     store = _store(bootstrap_servers, topics)
     try:
         if plan.id in store.plans:
@@ -206,7 +209,7 @@ def status(
     bootstrap_servers: str = BOOTSTRAP,
     topic_prefix: str = PREFIX,
 ) -> None:
-    """Each rollout's state, and its devices counted by state, per wave (0: the canaries)."""
+    """Each rollout's state, and its devices counted by state, per wave."""
     store = _store(bootstrap_servers, Topics.with_prefix(topic_prefix))
     store.close()
     plans = sorted(store.plans.values(), key=lambda p: p.updated)

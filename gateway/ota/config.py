@@ -22,6 +22,10 @@ class OtaSettings(BaseModel):
         default_factory=dict, description="librdkafka settings, passed on untouched"
     )
     topics: Topics = Topics()
+    replication_factor: int = Field(
+        1, ge=1, description="copies of the OTA topics when the gateway creates them (3 on a "
+        "cluster of three)"
+    )
     public_key: Path = Field(
         Path("release.pub"), description="the fleet's public release key (hex), as devices have it"
     )

@@ -36,7 +36,7 @@ from gateway.ota.rollout import (
     device_name,
     progress_key,
 )
-from gateway.ota.store import RolloutStore
+from gateway.ota.store import RolloutStore, ota_topic_names
 from gateway.topics import ensure_topics
 
 __all__ = ["Fleet", "RolloutExecutor"]
@@ -109,7 +109,9 @@ class RolloutExecutor:
     def run(self, stop: threading.Event) -> None:
         """The worker: read the topics, then act on them every 0.2 s until `stop` is set."""
         settings = self.settings
-        ensure_topics(settings.bootstrap_servers, settings.topics, settings.kafka_settings)
+        ensure_topics(settings.bootstrap_servers, settings.topics, settings.kafka_settings,
+                      only=ota_topic_names(settings.topics),
+                      replication_factor=settings.replication_factor)
         key = load_public_key(settings.public_key.read_text())
         store = RolloutStore(settings.bootstrap_servers, settings.topics, settings.kafka_settings)
         fleet = Fleet(settings, self.host, self.port)

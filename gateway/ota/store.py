@@ -22,9 +22,14 @@ from gateway.ota import OtaError
 from gateway.ota.rollout import DeviceProgress, RolloutPlan, progress_key
 from gateway.topics import Topics
 
-__all__ = ["RolloutStore", "release_id"]
+__all__ = ["RolloutStore", "ota_topic_names", "release_id"]
 
 log = logging.getLogger(__name__)
+
+
+def ota_topic_names(topics: Topics) -> list[str]:
+    """The three OTA topics' names: rollouts, progress, releases."""
+    return [topics.ota_rollouts, topics.ota_progress, topics.ota_releases]
 
 
 class RolloutStore:
@@ -54,9 +59,7 @@ class RolloutStore:
             "auto.offset.reset": "earliest",
         })
         self._producer = Producer({**common, "acks": "all", "enable.idempotence": True})
-        names = [topics.ota_rollouts, topics.ota_progress]
-        if with_releases:
-            names.append(topics.ota_releases)
+        names = ota_topic_names(topics)[:3 if with_releases else 2]
         self._ends: dict[tuple[str, int], int] = {}
         # The offset of this store's last write per (topic, key): an older record of the key
         # read back after it (the consumer lags behind the writes) must not undo it.
@@ -78,8 +81,8 @@ class RolloutStore:
         if missing:
             self.close()
             raise OtaError(f"Kafka at {bootstrap_servers} has no topic {', '.join(sorted(missing))}"
-                           ": start a gateway with `ota:` configured, or `trackside ota rollout`, "
-                           "which create them")
+                           ": `trackside ota rollout` and a gateway with `ota:` create them (or "
+                           "check --topic-prefix)")
         self._consumer.assign(partitions)
 
     def _end_offset(self, partition: TopicPartition) -> int:
