@@ -305,6 +305,13 @@ def test_a_good_release_goes_canary_first_then_wave_by_wave(
     with urllib.request.urlopen(f"http://127.0.0.1:{r.gateway.port}/status", timeout=10) as got:
         worker = json.loads(got.read())["workers"]["ota"]
     assert (worker["state"], worker["restarts"]) == ("running", 0), worker
+    # The same release again: every device already runs it, so none is updated (or rebooted).
+    boots = {name: s.starts for name, s in r.supervised.items()}
+    r.rollout(tmp_path / "app-1.1.0.tar", "again", "--waves", "100")
+    wait_until(lambda: r.plan_state("again") == "done", 60, "the second rollout done")
+    assert {p.detail for p in r.history("again") if p.state == "confirmed"} == {
+        "already running this release"}
+    assert {name: s.starts for name, s in r.supervised.items()} == boots
 
 
 @pytest.mark.integration
