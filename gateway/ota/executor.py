@@ -170,8 +170,18 @@ class _Run:
         return record.state if record is not None else "pending"
 
     def step(self) -> None:
-        """Offer to the devices due, follow the push, take the central decisions."""
+        """Take the central decisions, offer to the devices due, follow the push."""
         plan = self.plan
+        # The abort rule first, on every gateway: one that read a verdict before the rollout
+        # record saying aborted must not offer to its next wave in between.
+        if plan.state in ("running", "paused"):
+            reason = abort_reason(plan, self._progress())
+            if reason is not None:
+                log.warning("rollout %s aborted: %s", plan.id, reason)
+                self._set_state("aborted", reason)
+            elif plan.state == "running" and self._finished():
+                self._set_state("done", "")
+            plan = self.plan
         in_flight = [t for t in self.waves if self._state(t) not in FINAL | {"pending"}]
         if self.push is None and in_flight:
             self._start_push(in_flight)  # a restart mid-rollout: follow them to their verdict
@@ -186,13 +196,6 @@ class _Run:
                     self._state, self.waves)):
                 self.close()  # nothing left to follow: no idle MQTT session per rollout
                 self.push = None
-        if plan.state in ("running", "paused"):
-            reason = abort_reason(plan, self._progress())
-            if reason is not None:
-                log.warning("rollout %s aborted: %s", plan.id, reason)
-                self._set_state("aborted", reason)
-            elif plan.state == "running" and self._finished():
-                self._set_state("done", "")
 
     def _due(self) -> list[Target]:
         """The pending devices whose wave may start now, within the plan's rate."""

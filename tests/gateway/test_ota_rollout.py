@@ -201,15 +201,17 @@ class Rig:
 @pytest.fixture
 def rig(
     tmp_path: Path, kafka: KafkaService, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[int], Rig]]:
+) -> Iterator[Callable[..., Rig]]:
     """A gateway (`trackside gateway run` with `ota:`) and `n` devices on it: trains T1 and
-    T2, devices 1.. alternating between them, each restarted whenever it exits."""
+    T2 (`first_train` 1), devices 1.. alternating between them, each restarted whenever it
+    exits. Gateways made with the same `prefix` share the OTA topics."""
     monkeypatch.setattr(micropython_fixture, "HEAP_BYTES", ROLLOUT_HEAP_BYTES)
     made: list[Rig] = []
 
-    def make(n: int) -> Rig:
+    def make(n: int, prefix: str = "", first_train: int = 1) -> Rig:
         mqtt_port, http_port = free_port(), free_port()
-        prefix = f"ota-{uuid.uuid4().hex[:8]}"
+        prefix = prefix or f"ota-{uuid.uuid4().hex[:8]}"
+        name = f"gw-{len(made)}"
         (tmp_path / "release.pub").write_text(PUBLIC_HEX)
         config = {
             "broker": {"port": mqtt_port},
@@ -217,18 +219,18 @@ def rig(
             "http": {"port": http_port},
             "ota": {"bootstrap_servers": kafka.bootstrap_servers,
                     "topics": Topics.with_prefix(prefix).model_dump(),
-                    "public_key": "release.pub", "gateway_id": "gw-test",
+                    "public_key": "release.pub", "gateway_id": name,
                     "retry_s": 3, "discovery_s": 1},
         }
-        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
         gateway = ServiceProcess(
             "gateway", [sys.executable, "-m", "gateway", "gateway", "run", "-c",
-                        str(tmp_path / "gateway.yaml")], "127.0.0.1", http_port,
-            LOG_ROOT / f"gateway-{prefix}.log")
+                        str(tmp_path / f"{name}.yaml")], "127.0.0.1", http_port,
+            LOG_ROOT / f"gateway-{prefix}-{name}.log")
         gateway.start(60)
         devices: dict[str, UnixDevice] = {}
         for d in range(1, n + 1):
-            train = f"T{1 + d % 2}"  # the broker is the test's own: no other test's T1
+            train = f"T{first_train + d % 2}"  # the test's own broker: no other test's T1
             device_config = {
                 "device_id": d, "train_id": train, "board": "unix",
                 "broker": {"host": "127.0.0.1", "port": mqtt_port}, "sample_ms": 1000,
@@ -281,7 +283,7 @@ def _first(history: list[DeviceProgress], state: str) -> dict[str, float]:
 
 @pytest.mark.integration
 def test_a_good_release_goes_canary_first_then_wave_by_wave(
-    rig: Callable[[int], Rig], tmp_path: Path
+    rig: Callable[..., Rig], tmp_path: Path
 ) -> None:
     r = rig(8)
     canary = sorted(r.devices)[0]
@@ -316,7 +318,7 @@ def test_a_good_release_goes_canary_first_then_wave_by_wave(
 
 @pytest.mark.integration
 def test_a_release_that_fails_at_import_aborts_at_the_threshold(
-    rig: Callable[[int], Rig], tmp_path: Path
+    rig: Callable[..., Rig], tmp_path: Path
 ) -> None:
     r = rig(8)
     canary = sorted(r.devices)[0]
@@ -345,7 +347,7 @@ def test_a_release_that_fails_at_import_aborts_at_the_threshold(
 
 @pytest.mark.integration
 def test_pause_stops_new_offers_and_a_restarted_gateway_resumes_without_offering_again(
-    rig: Callable[[int], Rig], tmp_path: Path
+    rig: Callable[..., Rig], tmp_path: Path
 ) -> None:
     r = rig(4)
     canary = sorted(r.devices)[0]
@@ -371,3 +373,23 @@ def test_pause_stops_new_offers_and_a_restarted_gateway_resumes_without_offering
                      if f"{p.train_id}/{p.device_id}" == canary]
     assert canary_states.count("confirmed") == 1, canary_states
     wait_until(lambda: all(r.watch.app(n) == "1.2.0" for n in r.devices), 30, "new release")
+
+
+@pytest.mark.integration
+def test_an_abort_on_one_gateway_stops_the_others(
+    rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    near = rig(2)  # T1/2 (the canary) and T2/1
+    far = rig(2, prefix=near.prefix, first_train=3)  # T3/2 and T4/1, on another gateway
+    broken = _bundle(tmp_path, "6.6.6", 'raise RuntimeError("broken release")\n')
+    near.rollout(broken, "central", "--canary", "T1/2", "--abort-after", "1",
+                 "--max-failures", "0%", "--timeout", "120")
+    wait_until(lambda: near.plan_state("central") == "aborted", 120, "the rollout aborted")
+    history = near.history("central")
+    assert {p.gateway for p in history} == {"gw-0", "gw-1"}  # both took it up
+    states = near.states("central")
+    # The far gateway waited for the canary it does not serve, then saw the abort.
+    assert states == {"T1/2": "rolled_back", "T2/1": "pending", "T3/2": "pending",
+                      "T4/1": "pending"}, states
+    assert set(_first(history, "offered")) == {"T1/2"}
+    wait_until(lambda: all(far.watch.app(n) == "" for n in far.devices), 30, "far untouched")
