@@ -29,7 +29,7 @@ from gateway.alertmanager import LocalAlertmanager, load_notifications
 from gateway.alerts.config import AlertmanagerSettings, ServiceConfig
 from gateway.alerts.rules import load_rules
 from gateway.alerts.service import AlertService
-from gateway.broker import DurableBroker, publish_check
+from gateway.broker import BrokerSettings, DurableBroker, publish_check
 from gateway.config import AlertmanagerRun, GatewayConfig
 from gateway.dashboard.config import DashboardConfig
 from gateway.dashboard.server import create_app, tls_context
@@ -102,7 +102,8 @@ async def run_gateway(
             on_ready(f"MQTT broker (embedded) on {config.broker.host}:{config.broker.port}")
         workers = await _start_alerting(config, services, on_ready)
         if config.ota is not None:
-            workers["ota"] = await services.enter_async_context(_ota_executor(config, on_ready))
+            executor = _ota_executor(config.ota, config.broker, on_ready)
+            workers["ota"] = await services.enter_async_context(executor)
         device_config = _device_config(config, broker)
         if device_config is not None:
             workers["device-config"] = await services.enter_async_context(
@@ -255,12 +256,11 @@ async def _supervised(
 
 @contextlib.asynccontextmanager
 async def _ota_executor(
-    config: GatewayConfig, on_ready: Callable[[str], None]
+    ota: OtaSettings, broker: BrokerSettings, on_ready: Callable[[str], None]
 ) -> AsyncIterator[Supervisor]:
     """The staged-rollout executor (docs/ota.md), supervised as the alert service is; it
     reaches the devices through the embedded broker unless `ota.mqtt_host`/`mqtt_port` say
     otherwise (Mosquitto)."""
-    ota, broker = config.ota or OtaSettings(), config.broker
     executor = RolloutExecutor(ota, ota.mqtt_host or broker.host, ota.mqtt_port or broker.port)
     supervisor = Supervisor("ota rollouts", executor.run)
     supervisor.start()
