@@ -27,6 +27,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from gateway.config import GatewayConfig
 from gateway.doctor.result import CheckResult, fail, ok, warn
+from gateway.topics import compacted_topics
 
 __all__ = [
     "CLOCK_FAIL_S",
@@ -101,8 +102,9 @@ def clusters(config: GatewayConfig) -> list[Cluster]:
         kafka = config.alerts.kafka
         at = cluster(kafka.bootstrap_servers, kafka.settings)
         topics = config.alerts.topics
+        compacted_names = compacted_topics(topics)
         for name in dict.fromkeys(topics.model_dump().values()):
-            compacted = name in (topics.alert_state, topics.maintenance)
+            compacted = name in compacted_names
             at.want(
                 TopicWanted(
                     name, "alert service", compacted, kafka.partitions, kafka.replication_factor
