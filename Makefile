@@ -23,3 +23,4 @@ bench:
 	.venv/bin/python -m benchmarks.alerts
 	.venv/bin/python -m benchmarks.simulator
 	.venv/bin/python -m benchmarks.firmware
+	.venv/bin/python -m benchmarks.ota
