@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,28 @@ def test_after_a_restore_what_fires_and_what_just_resolved_is_posted_and_stop_fl
     finally:
         notifier.stop()
     assert [a["labels"]["train"] for a in webhook_sink.received()[-1]] == ["T5"]
+
+
+def test_a_partition_given_up_is_forgotten_not_resolved(webhook_sink: WebhookSink) -> None:
+    """Its new owner re-sends its alerts: the old one stops re-sending them and never posts a
+    resolve for them."""
+    url = webhook_sink.url.removesuffix("/alerts")
+    notifier = Notifier(AlertmanagerSettings(url=url, resend_s=0.3), load_rules(DEFAULT_RULES))
+    notifier.restored(StateStore())
+    started = datetime.now(UTC).isoformat(timespec="milliseconds")
+    try:
+        notifier.publish([EVENT, {**EVENT, "train_id": "T7"}])
+        wait_until(lambda: notifier.posts >= 2, 10, "a post and a re-send")
+        notifier.forget(lambda train_id: train_id == "T7")
+        sent = len(webhook_sink.received())
+        wait_until(lambda: len(webhook_sink.received()) >= sent + 2, 10, "two more re-sends")
+    finally:
+        notifier.stop()
+    later = [a for post in webhook_sink.received()[sent + 1 :] for a in post]
+    assert {a["labels"]["train"] for a in later} == {"T104"}
+    # Every post of T7 said "firing" (an end ahead); a resolve would end before the test began.
+    t7 = [a for post in webhook_sink.received() for a in post if a["labels"]["train"] == "T7"]
+    assert t7 and all(a["endsAt"] > started for a in t7)
 
 
 # -- with Kafka, the alert service and the real Alertmanager ------------------------------
