@@ -143,6 +143,9 @@ class AlertService:
         # The telemetry partitions this instance is assigned: the partitions of state it owns.
         self.owned: set[int] = set()
         self._inbound: set[tuple[str, int]] = set()  # the router group's assignment
+        # Telemetry partitions taken over -> their end offset then: no stale check before
+        # they are read that far.
+        self._catching_up: dict[int, int] = {}
         self._engine = Engine(rules)
         self._stop = threading.Event()
         self._routed: Consumer | None = None  # reads the owned partitions of the repartition topic
@@ -175,7 +178,7 @@ class AlertService:
     def _run(self, stop: threading.Event) -> None:
         topics = self.config.topics
         self.link.fatal = None  # a fatal error of the previous run's clients is theirs only
-        self.owned, self._inbound = set(), set()
+        self.owned, self._inbound, self._catching_up = set(), set(), {}
         self._engine = Engine(self.rules)
         self._ensure_topics(stop)
         producer = make_client(
@@ -290,6 +293,7 @@ class AlertService:
                 self.link.up
                 and now - last_tick >= self.config.stale_check_s
                 and len(batch) < self.config.max_batch
+                and not self._behind(consumer)
             ):
                 self._engine.tick(int(now * 1000))
                 last_tick = now
@@ -298,6 +302,18 @@ class AlertService:
                 self._route_all(stop, producer, router, inbound)
             except _MustAbortError as abort:
                 self._abort_and_rewind(stop, producer, (consumer, router), abort.error)
+
+    def _behind(self, consumer: Consumer) -> bool:
+        """Whether a partition taken over is still being read up to where it ended when it
+        was assigned: its devices' readings wait there, and they would look silent."""
+        if not self._catching_up:
+            return False
+        topic = self.config.topics.telemetry
+        parts = [TopicPartition(topic, p) for p in self._catching_up]
+        for position in consumer.position(parts):
+            if position.offset >= self._catching_up[position.partition]:
+                del self._catching_up[position.partition]
+        return bool(self._catching_up)
 
     # -- Kafka calls ----------------------------------------------------------------------
 
@@ -421,8 +437,18 @@ class AlertService:
         self.owned.update(new)
         if self.notifier is not None:
             self.notifier.restored(store)
-        assert self._routed is not None
-        self._routed.incremental_assign(positions)
+        # The stale check waits until the backlog of these is read (`_behind`). Telemetry is
+        # written without transactions, so each offset up to the end is a record to read.
+        telemetry = [TopicPartition(topics.telemetry, p) for p in new]
+        for start in self._committed(consumer, telemetry):
+            try:
+                _low, end = consumer.get_watermark_offsets(start, _TIMEOUT_S, cached=False)
+            except KafkaException as exc:
+                raise AlertError(f"cannot read where {start.topic} ends: {describe(exc)}") from exc
+            if end > 0 and (start.offset == OFFSET_BEGINNING or start.offset < end):
+                self._catching_up[start.partition] = end
+        if self._routed is not None:
+            self._routed.incremental_assign(positions)
         self.counters.restores += len(new)
         log.info(
             "took partitions %s: restored %d rule states, %d devices, %d flags in %.2f s",
@@ -441,6 +467,8 @@ class AlertService:
         if not gone:
             return
         self.owned -= gone
+        for p in gone:
+            self._catching_up.pop(p, None)
         if self._routed is not None:
             self._routed.incremental_unassign(
                 [TopicPartition(topics.alert_repartition, p) for p in sorted(gone)]

@@ -21,7 +21,10 @@ import pytest
 from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient
 
+from gateway.alerts.config import KafkaSettings, ServiceConfig
 from gateway.alerts.partitioning import PARTITIONER, partition_of
+from gateway.alerts.rules import RuleSet
+from gateway.alerts.service import AlertService
 from gateway.topics import Topics, create_topics
 from tests.fixtures.kafka import KafkaService
 from tests.fixtures.processes import active_logs
@@ -336,3 +339,58 @@ def test_rebalances_under_load_added_and_removed_instances_write_each_alert_once
     )
     assert fleet.lines(1, "took partitions")  # the first one added took over some
     _check(alerts.records, flags.records)
+
+
+def test_stale_timers_survive_a_move_and_fire_once_per_silent_device(
+    kafka: KafkaService, fleet: Fleet, unique_topic: str, readers: Callable[..., TopicReader]
+) -> None:
+    """One train per partition reports once and falls silent; a second instance joins and
+    takes half the partitions: every device's stale alert fires once, the moved ones from the
+    instance that never saw their readings."""
+    topics = Topics.with_prefix(unique_topic)
+    by_partition: dict[int, str] = {}
+    for n in range(1000):
+        by_partition.setdefault(partition_of(f"S{n}", PARTITIONS), f"S{n}")
+    trains = sorted(by_partition.values())
+    rules = RuleSet.model_validate({"rules": [{"name": "quiet", "kind": "stale", "after_s": 10}]})
+    services, threads, stop = [], [], threading.Event()
+
+    def start(instance: int) -> AlertService:
+        kafka_settings = KafkaSettings(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=f"{unique_topic}-alerts",
+            transactional_id=f"{unique_topic}-alerts-{instance}",
+            partitions=PARTITIONS,
+            settings={"session.timeout.ms": 6000},
+        )
+        config = ServiceConfig(kafka=kafka_settings, topics=topics, stale_check_s=0.2)
+        service = AlertService(config, rules)
+        threads.append(threading.Thread(target=service.run, args=(stop,), daemon=True))
+        threads[-1].start()
+        services.append(service)
+        return service
+
+    alerts = readers(topics.alerts, PARTITIONS)
+    first = start(0)
+    wait_until(lambda: len(first.owned) == PARTITIONS, 60, "the first instance owns all")
+    burst = Burst(kafka, topics.telemetry)
+    for train in trains:
+        burst.send(train, 1, 50.0)
+    assert burst.producer.flush(30) == 0
+    wait_until(lambda: first.counters.readings == len(trains), 30, "the readings evaluated")
+    second = start(1)  # takes half the partitions with their devices' last-seen times
+    try:
+        wait_until(lambda: len(second.owned) > 0, 60, "the second instance owns some")
+        alerts.wait(lambda r: len(r) >= len(trains), timeout=60)
+        assert second.owned and not (second.owned & first.owned)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    stopped = time.monotonic()
+    wait_until(lambda: alerts.caught_up(stopped), 30, "the reader at the end")
+    assert sorted(e["train_id"] for e in alerts.records) == trains  # each once
+    assert {(e["rule"], e["state"]) for e in alerts.records} == {("quiet", "firing")}
+    # The moved devices' timers ran on the instance that never saw their readings.
+    assert second.counters.readings == 0 and second.counters.alerts > 0
+    assert first.counters.alerts + second.counters.alerts == len(trains)
