@@ -16,9 +16,7 @@ from bridge.kafka_sink import KafkaSink, SinkError
 from bridge.mqtt_source import MqttSourceClient
 from bridge.redact import MASK, is_secret, mask
 from gateway.alerts import AlertError
-from gateway.alerts.config import ServiceConfig
-from gateway.alerts.rules import load_rules
-from gateway.alerts.service import AlertService
+from gateway.alerts.kafka_link import make_client
 from gateway.dashboard import DashboardError
 from gateway.dashboard.clients import kafka_client
 from gateway.dashboard.config import DashboardConfig
@@ -67,10 +65,8 @@ def test_the_command_relays_refused_settings_hide_the_secret() -> None:
 
 
 def test_the_alert_services_refused_settings_hide_the_secret() -> None:
-    config = ServiceConfig()
-    service = AlertService(config, load_rules(config.rules_file))
     with pytest.raises(AlertError) as refused:
-        service._client(Producer, {"bootstrap.servers": "127.0.0.1:9", **REFUSED})
+        make_client(Producer, {"bootstrap.servers": "127.0.0.1:9", **REFUSED})
     assert "security.protocol" in str(refused.value) and SECRET not in str(refused.value)
 
 
