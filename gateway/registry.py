@@ -187,7 +187,7 @@ class Registry:
 
     def add_device(self, device_id: int, train_id: str, password: str | None = None) -> str:
         """Register a device; returns its plain password (shown once, stored hashed)."""
-        if not TRAIN_ID.match(train_id):
+        if not TRAIN_ID.fullmatch(train_id):  # `$` alone lets "T1\n" through
             raise RegistryError(
                 f"train id {train_id!r}: use 1-32 letters, digits, '-' or '_' (e.g. T101)"
             )

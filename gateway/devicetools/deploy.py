@@ -102,7 +102,7 @@ class DeviceConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     device_id: int = Field(ge=0, le=0xFFFFFFFF)
-    train_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    train_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")  # as the bridge takes it
     board: Board
     broker: BrokerSettings
     wifi: WifiSettings = WifiSettings()

@@ -277,6 +277,40 @@ def test_power_lost_mid_switch_boots_and_ends_on_the_release(
     assert r.status()["app"] in ("1.1.0", "")
 
 
+def test_power_lost_on_probation_boots_the_previous_app_and_says_why(
+    rig: Callable[..., OtaRig], tmp_path: Path
+) -> None:
+    r = rig(ota_probation_s=60)
+    # A release that never connects stays on probation (until 60 s): time to pull the plug.
+    unreachable = (
+        "from link import Link\n"
+        "_init = Link.__init__\n"
+        "def _nowhere(self, cfg, *rest):\n"
+        "    cfg['broker']['port'] = 1\n"
+        "    _init(self, cfg, *rest)\n"
+        "Link.__init__ = _nowhere\n"
+    )
+    verdict = r.push_in_background(_release("7.0.0", tmp_path, unreachable))
+    state_file, trying = r.device.board_dir / "ota.json", r.device.board_dir / "ota.try"
+
+    def on_probation() -> bool:
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(state.get("trial")) and state.get("slot") == "a" and trying.exists()
+
+    wait_until(on_probation, 60, "the release booted on probation")
+    starts = r.supervised.starts
+    r.device.stop()  # SIGKILL: power lost before the new app passed its health check
+    wait_until(lambda: r.supervised.starts > starts, 10, "the device powered on again")
+    wait_until(lambda: bool(verdict), 60, "the verdict")
+    assert verdict[0].state == "rolled_back", verdict
+    assert "reset" in verdict[0].detail, verdict  # why: it went down on probation
+    wait_until(lambda: r.status().get("state") == "online", 30, "the previous app online")
+    assert (r.status()["app"], r.status()["slot"]) == ("", "")
+
+
 def test_safe_mode_after_ten_failed_boots_runs_the_update_client_only(
     rig: Callable[..., OtaRig], tmp_path: Path
 ) -> None:

@@ -138,8 +138,9 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     registry.add_device(7, "T1")
     with pytest.raises(RegistryError, match="already registered"):
         registry.add_device(7, "T1")
-    with pytest.raises(RegistryError, match="train id"):
-        registry.add_device(8, "T 1")
+    for bad in ("T 1", "T1\n", "T" * 33):  # a trailing newline, as `$` alone would let in
+        with pytest.raises(RegistryError, match="train id"):
+            registry.add_device(8, bad)
     with pytest.raises(RegistryError, match="no account 'device-9'"):
         registry.revoke("device-9")
     broken = tmp_path / "broken.yaml"
