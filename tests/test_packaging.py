@@ -328,11 +328,17 @@ def _serve_as_the_unit_says(unit: dict[str, str], root: Path, http_port: int, cu
             return _get(f"http://127.0.0.1:{http_port}/healthz")[0] == 200
 
         wait_until(healthy, 60, "the gateway started as its unit says")
+        # Stopped once it is all up, as an operator's `systemctl stop` would find it: the alert
+        # service has its partitions (a stop during that start is not what this test is about).
+        wait_until(lambda: "took partitions" in log.read_text(), 60, "the alert service up")
         status = _ok(_run(curl.replace(":8081/", f":{http_port}/").split(), root))
         connectors = json.loads(status)["connectors"]
         assert {c["name"] for c in connectors} == {"telemetry", "device-status"}
         gateway.send_signal(signal.SIGTERM)
-        assert gateway.wait(float(unit["TimeoutStopSec"])) == 0, log.read_text()
+        try:
+            assert gateway.wait(float(unit["TimeoutStopSec"])) == 0, log.read_text()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no stop within TimeoutStopSec:\n{log.read_text()}") from None
     finally:
         if gateway.poll() is None:
             gateway.kill()
