@@ -118,6 +118,17 @@ def rig(
             thread.join(120)
 
 
+# An app prefix whose link dials a port where nothing listens: it runs, but never connects.
+NEVER_CONNECTS = (
+    "from link import Link\n"
+    "_init = Link.__init__\n"
+    "def _nowhere(self, cfg, *rest):\n"
+    "    cfg['broker']['port'] = 1\n"
+    "    _init(self, cfg, *rest)\n"
+    "Link.__init__ = _nowhere\n"
+)
+
+
 def _release(version: str, tmp_path: Path, app_prefix: str = "",
              key: Ed25519PrivateKey = KEY) -> Release:
     """A signed unix release; `app_prefix` goes at the top of its app.py."""
@@ -190,16 +201,7 @@ def test_a_release_that_never_passes_its_health_check_is_rolled_back_at_the_dead
     rig: Callable[..., OtaRig], tmp_path: Path
 ) -> None:
     r = rig(ota_probation_s=3)
-    # Its link dials a port where nothing listens: it runs, but never connects.
-    unreachable = (
-        "from link import Link\n"
-        "_init = Link.__init__\n"
-        "def _nowhere(self, cfg, *rest):\n"
-        "    cfg['broker']['port'] = 1\n"
-        "    _init(self, cfg, *rest)\n"
-        "Link.__init__ = _nowhere\n"
-    )
-    verdict = r.push(_release("7.0.0", tmp_path, unreachable))
+    verdict = r.push(_release("7.0.0", tmp_path, NEVER_CONNECTS))
     assert verdict.state == "rolled_back", verdict
     assert verdict.detail == "no health check within 3 s"
     assert (r.status()["app"], r.status()["slot"]) == ("", "")
@@ -282,15 +284,7 @@ def test_power_lost_on_probation_boots_the_previous_app_and_says_why(
 ) -> None:
     r = rig(ota_probation_s=60)
     # A release that never connects stays on probation (until 60 s): time to pull the plug.
-    unreachable = (
-        "from link import Link\n"
-        "_init = Link.__init__\n"
-        "def _nowhere(self, cfg, *rest):\n"
-        "    cfg['broker']['port'] = 1\n"
-        "    _init(self, cfg, *rest)\n"
-        "Link.__init__ = _nowhere\n"
-    )
-    verdict = r.push_in_background(_release("7.0.0", tmp_path, unreachable))
+    verdict = r.push_in_background(_release("7.0.0", tmp_path, NEVER_CONNECTS))
     state_file, trying = r.device.board_dir / "ota.json", r.device.board_dir / "ota.try"
 
     def on_probation() -> bool:
