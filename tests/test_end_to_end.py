@@ -188,7 +188,9 @@ def test_fault_to_alert_to_disable_and_back(
 
     page.goto(f"{gateway.dashboard_url}#/train/{train}")
     page.locator("#maintenance button.act").click()
-    expect(page.locator("#maintenance")).to_contain_text("Cleared by Ana", timeout=30_000)
+    # The cleared flag may show only briefly: the still seized bearing fires again at once and
+    # flags the train again; the clear is checked in the history below.
+    expect(page.locator("#maintenance")).not_to_contain_text("Clear sent", timeout=30_000)
     states_in_kafka(gateway, train, "disabled", "online", timeout=60)  # `enable` reached it
 
     # The firmware's seized bearing stays seized (only the fast simulator's held train cools):
