@@ -44,13 +44,17 @@ def _rotr(x, n):
     return (x >> n | x << 64 - n) & _M
 
 
+_W = [0] * 80  # SHA-512's message schedule, allocated once: 640 bytes in one piece at import
+
+
 def sha512(data):
     """The SHA-512 digest of `data` (FIPS 180-4)."""
-    h = _H[:]
+    h, w = _H[:], _W
     n = len(data)
     data = bytes(data) + b"\x80" + bytes((111 - n) % 128) + (n * 8).to_bytes(16, "big")
     for i in range(0, len(data), 128):
-        w = list(struct.unpack(">16Q", data[i:i + 128])) + [0] * 64  # one block, not grown
+        for t in range(16):
+            w[t] = struct.unpack_from(">Q", data, i + t * 8)[0]
         for t in range(16, 80):
             a, b = w[t - 15], w[t - 2]
             w[t] = ((w[t - 16] + (_rotr(a, 1) ^ _rotr(a, 8) ^ a >> 7) + w[t - 7]
@@ -62,6 +66,8 @@ def sha512(data):
             t2 = (_rotr(a, 28) ^ _rotr(a, 34) ^ _rotr(a, 39)) + (a & b ^ a & c ^ b & c)
             hh, g, f, e, d, c, b, a = g, f, e, (d + t1) & _M, c, b, a, (t1 + t2) & _M
         h = [(x + y) & _M for x, y in zip(h, (a, b, c, d, e, f, g, hh))]
+    for t in range(80):
+        w[t] = 0  # its big ints freed for the point arithmetic
     return struct.pack(">8Q", *h)
 
 
@@ -113,11 +119,12 @@ def verify(key, msg, sig):
     """True if `sig` (64 bytes) is the Ed25519 signature of `msg` by public `key` (32 bytes)."""
     if len(key) != 32 or len(sig) != 64:
         return False
+    # The hash first, while the heap is in few pieces: decoding a point leaves it fragmented.
+    k = int.from_bytes(sha512(sig[:32] + key + msg), "little") % L
     a = _decode(key)
     s = int.from_bytes(sig[32:], "little")
     if a is None or s >= L or _decode(sig[:32]) is None:
         return False
-    k = int.from_bytes(sha512(sig[:32] + key + msg), "little") % L
     # [s]B - [k]A in one pass over both scalars (Shamir's trick), then compared with R as
     # encoded: RFC 8032's cofactorless check, as most implementations do it.
     na = (P - a[0], a[1], a[2], P - a[3])
