@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from gateway.alerts.rules import (
     UNITS,
@@ -39,10 +40,10 @@ log = logging.getLogger(__name__)
 STALE_SENSOR = "readings"  # the sensor of a stale rule's state: what stopped coming
 # Operator actions the dashboard records for maintenance windows (its silences).
 WINDOW_ACTIONS = ("maintenance_window", "maintenance_window_end")
+_LIVE = ("pending", "firing")  # rule states a reading may change without crossing a level
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     """One telemetry record, as the bridge's JSON converter writes it."""
 
     train_id: str
@@ -56,14 +57,21 @@ class Reading:
     def from_json(cls, data: bytes) -> Reading:
         """Parse a telemetry record; ValueError when it is not a reading."""
         try:
-            raw = json.loads(data)
+            try:
+                raw = orjson.loads(data)
+            except orjson.JSONDecodeError:  # NaN or Infinity, which only Python's json takes
+                raw = json.loads(data)
+            values = raw["values"]
+            # The bridge writes floats; anything else is converted, or refused if it cannot be.
+            if type(values) is not dict or not all(type(v) is float for v in values.values()):
+                values = {str(k): float(v) for k, v in values.items()}
             return cls(
                 str(raw["train_id"]),
                 int(raw["device_id"]),
                 int(raw["boot_id"]),
                 int(raw["seq"]),
                 int(raw["ts_ms"]),
-                {str(k): float(v) for k, v in raw["values"].items()},
+                values,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a reading: {exc!r}") from exc
@@ -81,6 +89,45 @@ class Effects:
         return bool(self.alerts or self.maintenance or self.commands)
 
 
+class _Check(NamedTuple):
+    """One quantity one rule measures in each reading: a channel (less `other`, for a
+    threshold relative to it), the difference of a pair (`channel`, `other`), or a rise."""
+
+    rule: ThresholdRule | RateRule | PairRule
+    sensor: str  # the sensor part of its state's key
+    channel: str
+    other: str | None
+    pair: bool
+    rate: bool
+    above: bool
+    threshold: float
+
+
+def _checks(rules: list[ThresholdRule | RateRule | PairRule]) -> list[_Check]:
+    """The rules flattened to what each reading is checked for, in the rules' order."""
+    checks: list[_Check] = []
+    for rule in rules:
+        level = (rule.above is not None, rule.threshold)
+        if isinstance(rule, PairRule):
+            checks += [_Check(rule, f"{a}-{b}", a, b, True, False, *level) for a, b in rule.pairs]
+        elif isinstance(rule, RateRule):
+            checks += [_Check(rule, c, c, None, False, True, *level) for c in rule.channels]
+        else:
+            checks += [
+                _Check(rule, c, c, rule.relative_to, False, False, *level) for c in rule.channels
+            ]
+    return checks
+
+
+@dataclass
+class _Device:
+    """A device's state keys and rule states, found once instead of on every reading."""
+
+    seen_key: str
+    stale_keys: list[str]
+    states: list[RuleState | None]  # one per check, made on the first reading that has it
+
+
 class Engine:
     """Evaluates every rule of a `RuleSet` against a `StateStore`; collects `Effects`."""
 
@@ -92,6 +139,9 @@ class Engine:
         self.by_name = {r.name: r for r in rules.rules}
         self.duplicates = 0
         self._out = Effects()
+        self._checks = _checks(self.level_rules)
+        self._devices: dict[tuple[str, int], _Device] = {}
+        self._generation = self.store.generation
 
     def drain(self) -> Effects:
         """The effects collected since the last drain."""
@@ -103,28 +153,64 @@ class Engine:
     def reading(self, reading: Reading, arrival_ms: int) -> bool:
         """Evaluate one reading; False when it is a duplicate (same device, boot id, seq)."""
         store = self.store
-        device = (reading.train_id, reading.device_id)
+        train_id, device_id, boot_id, seq, ts_ms, values = reading
+        device = (train_id, device_id)
         seen = store.devices.get(device)
-        if seen is not None and seen.boot_id == reading.boot_id and reading.seq <= seen.seq:
+        if seen is None:
+            seen = store.devices[device] = DeviceSeen(train_id, device_id, boot_id, seq, arrival_ms)
+        elif seen.boot_id == boot_id and seq <= seen.seq:
             self.duplicates += 1
             return False
-        disabled = seen is not None and seen.disabled
-        store.devices[device] = DeviceSeen(
-            reading.train_id, reading.device_id, reading.boot_id, reading.seq, arrival_ms, disabled
-        )
-        store.touch(seen_key(*device))
+        else:
+            seen.boot_id, seen.seq, seen.arrival_ms = boot_id, seq, arrival_ms
+        mine = self._device(device)
+        store.touch(mine.seen_key)
         # A disabled device's readings (still in flight when it stopped) may resolve alerts but
         # start none: its rules must not sit pending and fire on the first reading after enable.
-        armed = not disabled and not self._train_disabled(reading.train_id)
-        for rule in self.level_rules:
-            for state, measure in self._measures(rule, reading):
-                self._step(rule, state, measure, reading.ts_ms, armed)
-        for stale in self.stale_rules:
-            key = rule_key(reading.train_id, stale.name, reading.device_id, STALE_SENSOR)
+        armed = not seen.disabled and not self._train_disabled(train_id)
+        states = mine.states
+        for i, check in enumerate(self._checks):
+            measure = values.get(check.channel)
+            if measure is None:
+                continue
+            if check.other is not None:
+                other = values.get(check.other)
+                if other is None:
+                    continue
+                measure = abs(measure - other) if check.pair else measure - other
+            state = states[i]
+            if state is None:
+                state = states[i] = store.rule(train_id, check.rule.name, device_id, check.sensor)
+            if check.rate:
+                rise = self._rise(check.rule, state, measure, ts_ms)  # type: ignore[arg-type]
+                if rise is None:
+                    continue
+                measure = rise
+            # The usual reading: nothing pending or firing, nothing past the level.
+            if state.state not in _LIVE and not (
+                armed and (measure > check.threshold if check.above else measure < check.threshold)
+            ):
+                continue
+            self._step(check.rule, state, measure, ts_ms, armed)
+        for stale, key in zip(self.stale_rules, mine.stale_keys, strict=True):
             stale_state = store.rules.get(key)
             if stale_state is not None and stale_state.state == "firing":
-                self._resolve(stale, stale_state, 0.0, reading.ts_ms, "reports again")
+                self._resolve(stale, stale_state, 0.0, ts_ms, "reports again")
         return True
+
+    def _device(self, device: tuple[str, int]) -> _Device:
+        if self._generation != self.store.generation:  # states restored or dropped
+            self._devices.clear()
+            self._generation = self.store.generation
+        mine = self._devices.get(device)
+        if mine is None:
+            train_id, device_id = device
+            mine = self._devices[device] = _Device(
+                seen_key(train_id, device_id),
+                [rule_key(train_id, r.name, device_id, STALE_SENSOR) for r in self.stale_rules],
+                [None] * len(self._checks),
+            )
+        return mine
 
     def status(self, train_id: str, device_id: int, status: dict[str, Any], now_ms: int) -> None:
         """A device status; the last will (`offline`) fires the stale rules at once, and a
@@ -175,33 +261,6 @@ class Engine:
             log.warning("ignored a malformed operator action %r: %r", action, exc)
 
     # -- rules ----------------------------------------------------------------------------
-
-    def _measures(
-        self, rule: ThresholdRule | RateRule | PairRule, reading: Reading
-    ) -> Iterator[tuple[RuleState, float]]:
-        values, store, device_id = reading.values, self.store, reading.device_id
-        if isinstance(rule, ThresholdRule):
-            offset = 0.0
-            if rule.relative_to is not None:
-                if rule.relative_to not in values:
-                    return
-                offset = values[rule.relative_to]
-            for channel in rule.channels:
-                if channel in values:
-                    state = store.rule(reading.train_id, rule.name, device_id, channel)
-                    yield state, values[channel] - offset
-        elif isinstance(rule, PairRule):
-            for left, right in rule.pairs:
-                if left in values and right in values:
-                    state = store.rule(reading.train_id, rule.name, device_id, f"{left}-{right}")
-                    yield state, abs(values[left] - values[right])
-        else:
-            for channel in rule.channels:
-                if channel in values:
-                    state = store.rule(reading.train_id, rule.name, device_id, channel)
-                    rise = self._rise(rule, state, values[channel], reading.ts_ms)
-                    if rise is not None:
-                        yield state, rise
 
     def _rise(self, rule: RateRule, state: RuleState, value: float, ts_ms: int) -> float | None:
         """Rise per minute since the reference reading, once `window_s` has passed."""

@@ -100,6 +100,9 @@ class StateStore:
     devices: dict[tuple[str, int], DeviceSeen] = field(default_factory=dict)
     maintenance: dict[str, Maintenance] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
+    # Counts the times states were replaced or dropped wholesale (a restore, a partition
+    # moving away): the engine's shortcuts to the states of a device are then looked up again.
+    generation: int = field(default=0, compare=False)
 
     def rule(self, train_id: str, rule: str, device_id: int, sensor: str) -> RuleState:
         """The state of `rule` for `sensor` of one device, inactive when never seen."""
@@ -144,12 +147,14 @@ class StateStore:
         else:
             state = _RULE_STATE.validate_json(value)
             if state.key == key:
+                self.generation += 1
                 self.rules[key] = state
             else:  # written under an earlier key layout: its state is not this one's
                 log.info("ignored the alert state under %r (key layout of an earlier release)", key)
 
     def update(self, other: StateStore) -> None:
         """Add the states of `other` (the partitions just restored) to these."""
+        self.generation += 1
         self.rules.update(other.rules)
         self.devices.update(other.devices)
         self.maintenance.update(other.maintenance)
@@ -157,6 +162,7 @@ class StateStore:
     def drop(self, gone: Callable[[str], bool]) -> None:
         """Forget every state of the trains for which `gone(train_id)` holds (their partition
         moved to another instance, which restores them from Kafka)."""
+        self.generation += 1
         self.rules = {k: s for k, s in self.rules.items() if not gone(s.train_id)}
         self.devices = {k: d for k, d in self.devices.items() if not gone(d.train_id)}
         self.maintenance = {k: m for k, m in self.maintenance.items() if not gone(k)}
