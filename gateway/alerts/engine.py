@@ -100,7 +100,7 @@ class _Check(NamedTuple):
     pair: bool
     rate: bool
     above: bool
-    threshold: float
+    level: float  # the threshold
 
 
 def _checks(rules: list[ThresholdRule | RateRule | PairRule]) -> list[_Check]:
@@ -169,29 +169,29 @@ class Engine:
         # start none: its rules must not sit pending and fire on the first reading after enable.
         armed = not seen.disabled and not self._train_disabled(train_id)
         states = mine.states
-        for i, check in enumerate(self._checks):
-            measure = values.get(check.channel)
+        for i, (rule, sensor, channel, second, pair, rate, above, level) in enumerate(self._checks):
+            measure = values.get(channel)
             if measure is None:
                 continue
-            if check.other is not None:
-                other = values.get(check.other)
+            if second is not None:
+                other = values.get(second)
                 if other is None:
                     continue
-                measure = abs(measure - other) if check.pair else measure - other
+                measure = abs(measure - other) if pair else measure - other
             state = states[i]
             if state is None:
-                state = states[i] = store.rule(train_id, check.rule.name, device_id, check.sensor)
-            if check.rate:
-                rise = self._rise(check.rule, state, measure, ts_ms)  # type: ignore[arg-type]
+                state = states[i] = store.rule(train_id, rule.name, device_id, sensor)
+            if rate:
+                rise = self._rise(rule, state, measure, ts_ms)  # type: ignore[arg-type]
                 if rise is None:
                     continue
                 measure = rise
             # The usual reading: nothing pending or firing, nothing past the level.
             if state.state not in _LIVE and not (
-                armed and (measure > check.threshold if check.above else measure < check.threshold)
+                armed and (measure > level if above else measure < level)
             ):
                 continue
-            self._step(check.rule, state, measure, ts_ms, armed)
+            self._step(rule, state, measure, ts_ms, armed)
         for stale, key in zip(self.stale_rules, mine.stale_keys, strict=True):
             stale_state = store.rules.get(key)
             if stale_state is not None and stale_state.state == "firing":

@@ -62,7 +62,7 @@ from gateway.alerts.kafka_link import (
     describe,
     make_client,
 )
-from gateway.alerts.metrics import ABORTED
+from gateway.alerts.metrics import ABORTED, DUPLICATES, EVENTS, READINGS, REJECTED
 from gateway.alerts.notify import Notifier
 from gateway.alerts.partitioning import (
     PARTITIONER,
@@ -610,6 +610,8 @@ class AlertService:
         """Evaluate a batch of telemetry and routed records; write what it changed, with the
         offsets of the main group, in one transaction."""
         kept, offsets = self._usable(batch, lambda _topic, partition: partition in self.owned)
+        counters = self.counters
+        before = (counters.readings, counters.duplicates, counters.rejected)
         for msg in kept:
             self._apply(msg)
         engine = self._engine
@@ -632,7 +634,11 @@ class AlertService:
             partition = partition_of(key.split("/", 1)[0], count)
             self._produce(producer, topics.alert_state, _json(state), key.encode(), partition)
         self._commit(stop, producer, consumer, offsets)
-        self.counters.alerts += len(effects.alerts)
+        counters.alerts += len(effects.alerts)
+        EVENTS.inc(len(effects.alerts))
+        READINGS.inc(counters.readings - before[0])
+        DUPLICATES.inc(counters.duplicates - before[1])
+        REJECTED.inc(counters.rejected - before[2])
         if self.notifier is not None:  # only what is committed; a queue put, nothing more
             self.notifier.publish(effects.alerts, effects.maintenance)
 

@@ -81,14 +81,12 @@ def _scrape(url: str) -> set[str]:
     return names
 
 
-def _delivered(url: str) -> float:
+def _value(url: str, name: str) -> float:
+    """The sum of the samples called `name` on `url`."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "trackside_bridge_delivered_total":
-                return sample.value
-    return 0.0
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    return sum(sample.value for sample in samples if sample.name == name)
 
 
 @pytest.mark.integration
@@ -133,7 +131,9 @@ def test_every_metric_the_dashboard_and_the_docs_name_is_on_a_running_gateway(
     metrics = f"http://127.0.0.1:{http_port}/metrics"
     try:
         publish_readings(gateway, "trackside", [("T7", 7)], 20)
-        wait_until(lambda: _delivered(metrics) >= 20, 60, "20 readings delivered to Kafka")
+        delivered, evaluated = "trackside_bridge_delivered_total", "trackside_alerts_readings_total"
+        wait_until(lambda: _value(metrics, delivered) >= 20, 60, "20 readings delivered to Kafka")
+        wait_until(lambda: _value(metrics, evaluated) >= 20, 60, "20 readings evaluated")
         served = _scrape(metrics)
     finally:
         gateway.stop()
