@@ -201,6 +201,11 @@ class App:
             return self.reply(rid, "unknown op %r: expected one of %s" % (op, ", ".join(OPS)))
         if op == "identify":
             self.board.identify()
+        elif op == "ota" and cmd.get("version") == self.release[0]:
+            # An offer of what runs here (one queued while the board rebooted into it): the
+            # health check has passed, so this is the verdict; no reboot into the client.
+            msg = {"id": rid, "ok": True, "ota": "confirmed", "why": "already running this release"}
+            return self.link.publish(self._reply, json.dumps(msg))
         elif op == "ota":  # its client runs alone, after a reboot (main.py, docs/ota.md)
             with open("ota.offer", "wb") as f:
                 f.write(payload)

@@ -160,6 +160,15 @@ def test_an_update_is_fetched_switched_and_confirmed(
     assert (state["slot"], state["ver"]) == ("b", "1.2.0")
     before = len(r.observer.readings())
     wait_until(lambda: len(r.observer.readings()) > before + 3, 30, "readings from 1.2.0")
+    # An offer of the release it runs (one repeated while it rebooted into it): confirmed at
+    # once, and no reboot into the update client.
+    starts = r.supervised.starts
+    r.observer.send("cmd", json.dumps({"id": "again", "op": "ota", "version": "1.2.0"}))
+    wait_until(lambda: any(x.get("id") == "again" for x in r.replies()), 30, "the answer")
+    answer = next(x for x in r.replies() if x.get("id") == "again")
+    assert (answer["ok"], answer["ota"], answer["why"]) == (
+        True, "confirmed", "already running this release")
+    assert r.supervised.starts == starts and not (r.device.board_dir / "ota.offer").exists()
 
 
 def test_the_push_command_updates_a_device_and_says_so(
