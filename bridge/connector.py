@@ -489,6 +489,13 @@ class Connector:
                     self._cv.wait(0.5 if self._kafka_reachable else backoff)
                 backoff = 0.5 if self._kafka_reachable else min(backoff * 2, 5.0)
                 continue
+            if not self._kafka_answers():
+                # No batch while Kafka is away: it would only time out, and should Kafka come
+                # back just then, librdkafka may fail its oldest records yet deliver later ones
+                # (its message-timeout gaps), whose retry would land behind them: out of order.
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             try:
                 complete = self._replay_batch()
                 self._spool_problem("read", None)
@@ -562,18 +569,31 @@ class Connector:
         return len(delivered), delivered
 
     def _produce_and_wait(self, records: list[KafkaRecord]) -> list[Any]:
-        """Each record's report: None (delivered), its KafkaError, or _NO_REPORT in time."""
+        """Each record's report: None (delivered), its KafkaError, or _NO_REPORT in time.
+
+        Once a record failed (other than refused for good), the rest are not produced: Kafka
+        would take them ahead of that record's retry (e.g. the first record refused at once
+        because the topic was not created yet, the next ones taken a moment later)."""
         reports: list[Any] = [_NO_REPORT] * len(records)
         pending = [len(records)]
-        done = threading.Event()
+        lock, done, failed = threading.Lock(), threading.Event(), threading.Event()
 
         def report(index: int, err: KafkaError | None, _msg: Any) -> None:
             reports[index] = err
-            pending[0] -= 1
-            if pending[0] == 0:
-                done.set()
+            if err is not None and classify(err) != "permanent":
+                failed.set()
+            with lock:  # the poll thread reports, and so does produce() in this one
+                pending[0] -= 1
+                if pending[0] == 0:
+                    done.set()
 
         for index, record in enumerate(records):
+            if failed.is_set():
+                with lock:
+                    pending[0] -= len(records) - index  # never produced: no report to wait for
+                    if pending[0] == 0:
+                        done.set()
+                break
             try:
                 self.sink.produce(record, partial(report, index))
             except RecordRefusedError as exc:  # refused at once: reported like the others
