@@ -21,6 +21,11 @@ from tests.fixtures.waiting import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 RATE = 200  # readings per second from paho, in total
+# Kafka away at start for this long: past the spool switch, three times the connectors'
+# delivery timeout (5 s, services._connector) and librdkafka's reconnect backoff at its 10 s
+# cap, so the librdkafka lines counted are those of an outage in its steady state. Longer
+# proves nothing more (it was 40 s; the flood of finding 3 was 1,400 lines in 30 s).
+OUTAGE_S = 15
 
 
 def test_kafka_down_at_start_takes_nothing_down(
@@ -28,7 +33,7 @@ def test_kafka_down_at_start_takes_nothing_down(
 ) -> None:
     """Finding 3: Kafka down at start took the whole gateway down (and logged 1,400
     librdkafka lines in 30 s). Now the readings go to the spool, acknowledged, for as long
-    as Kafka is away (about 40 s here), and all reach Kafka once it starts."""
+    as Kafka is away (OUTAGE_S here), and all reach Kafka once it starts."""
     names = Names()
     gateway = Gateway(tmp_path, names, kafka_later.bootstrap_servers)
     gateway.start(timeout=60)
@@ -41,7 +46,8 @@ def test_kafka_down_at_start_takes_nothing_down(
             return bool(connector["kafka"] == "unreachable" and connector["mode"] == "spooling")
 
         wait_until(spooling, 30, '/status saying "kafka": "unreachable", mode spooling')
-        wait_until(lambda: len(ledger.acked) >= 40 * RATE, 80, "40 s of readings acknowledged")
+        wait_until(lambda: len(ledger.acked) >= OUTAGE_S * RATE, 2 * OUTAGE_S + 20,
+                   f"{OUTAGE_S} s of readings acknowledged")  # fmt: skip
         assert gateway.running(), gateway.tail()
         assert gateway.get("/healthz")[0] == 200
         assert spooling()
@@ -51,7 +57,7 @@ def test_kafka_down_at_start_takes_nothing_down(
         tally = KafkaTally(kafka_later.bootstrap_servers, names.telemetry)
         ledger.stop()
         wait_until(lambda: ledger.unacked() == 0, 60, "paho's readings acknowledged")
-        assert_none_lost(ledger, tally, at_least=40 * RATE)
+        assert_none_lost(ledger, tally, at_least=OUTAGE_S * RATE)
         wait_until(lambda: gateway.get("/status")[1]["connectors"][0]["mode"] == "direct", 30,
                    "readings going straight to Kafka again")  # fmt: skip
         assert gateway.running()
@@ -73,17 +79,19 @@ def test_kafka_killed_mid_stream_loses_no_acknowledged_reading(
     ledger = AckLedger(gateway.mqtt_host, gateway.mqtt_port, devices=10, rate=2 * RATE).start()
     tally = KafkaTally(kafka.bootstrap_servers, names.telemetry)
     try:
-        wait_until(lambda: len(ledger.acked) > 2000, 60, "readings acknowledged before the kill")
+        # 2.5 s of readings on each side of the kill and 1.2 s after the restart: with
+        # sequence numbers, enough to see any loss or reordering (counts were doubled).
+        wait_until(lambda: len(ledger.acked) > 1000, 60, "readings acknowledged before the kill")
         kafka.kill()
         before = len(ledger.acked)
-        wait_until(lambda: len(ledger.acked) > before + 2000, 60, "readings spooled meanwhile")
+        wait_until(lambda: len(ledger.acked) > before + 1000, 60, "readings spooled meanwhile")
         assert gateway.get("/status")[1]["connectors"][0]["mode"] == "spooling"
         kafka.start()
         before = len(ledger.acked)
-        wait_until(lambda: len(ledger.acked) > before + 1000, 60, "readings after the restart")
+        wait_until(lambda: len(ledger.acked) > before + 500, 60, "readings after the restart")
         ledger.stop()
         wait_until(lambda: ledger.unacked() == 0, 60, "paho's readings acknowledged")
-        assert_none_lost(ledger, tally, at_least=5000)
+        assert_none_lost(ledger, tally, at_least=2500)
         assert gateway.running()
     finally:
         ledger.close()
@@ -107,14 +115,16 @@ def test_bridge_killed_while_spooling_loses_nothing(
     tally: KafkaTally | None = None
     try:
         spooled = "trackside_bridge_spooled_total"
-        wait_until(lambda: bridge.metric(spooled) > 2000, 60, "readings in the spool")
+        # 2.5 s of readings spooled before the kill, 1.2 s after the restart (counts halved:
+        # sequence numbers show any loss or reordering as well).
+        wait_until(lambda: bridge.metric(spooled) > 1000, 60, "readings in the spool")
         bridge.kill()
         bridge.start()
-        wait_until(lambda: bridge.metric(spooled) > 1000, 60, "readings spooled after restart")
+        wait_until(lambda: bridge.metric(spooled) > 500, 60, "readings spooled after restart")
         kafka_later.start()
         tally = KafkaTally(kafka_later.bootstrap_servers, names.telemetry)
         ledger.stop()
-        assert_none_lost(ledger, tally, at_least=3000)
+        assert_none_lost(ledger, tally, at_least=1500)
         assert bridge.running()
     finally:
         ledger.close()
