@@ -31,6 +31,13 @@ Without connectors (`trackside broker run`) every connection keeps amqtt's own r
 size check added to its `handle_publish`: a faster intake there would only let amqtt, which
 acknowledges on receipt, take in more than its subscribers can keep up with (it drops a
 delivery whose PUBACK takes over 5 s).
+
+Two amqtt 0.12 bugs are mended here, for both: at each CONNECT amqtt sent the connecting client
+the retained messages matching any topic filter any client had subscribed to (so a device got
+another device's retained config, and the registry's read ACL was bypassed); it now gets only
+those of its own subscriptions. And that loop over the subscription table awaited while other
+connections subscribed, which ended the connecting client's session with "dictionary changed
+size during iteration"; the table is now iterated over a copy of its keys.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import logging
 import signal
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -192,6 +199,14 @@ def publish_check(settings: BrokerSettings) -> MayPublish:
     return may_publish
 
 
+class _Subscriptions(dict[str, list[tuple[Session, int]]]):
+    """amqtt's subscription table (topic filter -> subscribers); iterating it walks a copy of
+    its keys, as amqtt awaits inside such loops while other connections change the table."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.keys()))
+
+
 class DurableBroker(Broker):  # type: ignore[misc]
     """amqtt's broker, with PUBLISHes on the intakes' topics acknowledged only when safe."""
 
@@ -199,6 +214,7 @@ class DurableBroker(Broker):  # type: ignore[misc]
         self, settings: BrokerSettings, intakes: Iterable[BrokerIntake], may_publish: MayPublish
     ) -> None:
         super().__init__(broker_config(settings))
+        self._subscriptions = _Subscriptions()
         self.intakes = tuple(intakes)
         self.may_publish = may_publish
         self.max_payload = settings.max_payload_bytes
@@ -253,6 +269,15 @@ class DurableBroker(Broker):  # type: ignore[misc]
 
             handler.handle_publish = handle_publish
         await super()._handle_client_session(reader, writer, session, handler, *args)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        """The retained messages of `subscription`, if it is the session's own: amqtt calls
+        this at CONNECT for every topic filter of every client."""
+        subscribers = self._subscriptions.get(subscription[0], ())
+        if any(s.client_id == session.client_id for s, _ in subscribers):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
 
     async def _broadcast_message(
         self, session: Session | None, topic: str | None, data: Any, force_qos: int | None = None
