@@ -5,6 +5,11 @@ Debian's Alertmanager and the dashboard, as `trackside demo` starts them, and th
 fleet (sped up forty times, so the five minutes of cooling take under eight seconds): T104's
 bearing seizes, T104 is flagged and disabled and the terminal says so; it stands and cools;
 the operator acknowledges and clears on the dashboard; T104 is enabled and stays so.
+
+One setting differs from the demo's: Alertmanager's `group_interval` is 5 s, not 30 s. The
+clear's notice is a change to a group already notified, sent at the group's next interval, so
+the demo's 30 s would be most of this test's time; how the notices are grouped is
+tests/gateway/alerts/test_notify.py's concern.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from rich.console import Console
 
 from gateway.demo import NoticePrinter, demo_config
@@ -32,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 SPEEDUP = 40.0
 TOKEN = "story-token"
+GROUP_INTERVAL = "5s"
 
 
 async def _eventually(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
@@ -52,6 +59,11 @@ async def _demo_gateway(
     config = demo_config(
         home, kafka.bootstrap_servers, mqtt_port, dashboard_port, TOKEN, await notices.start()
     )
+    assert config.alertmanager is not None
+    notifications_file = config.alertmanager.notifications
+    notifications = yaml.safe_load(notifications_file.read_text())
+    notifications["group_interval"] = GROUP_INTERVAL
+    notifications_file.write_text(yaml.safe_dump(notifications, sort_keys=False))
     stop, ready = asyncio.Event(), asyncio.Event()
     lines: list[str] = []
 
@@ -112,11 +124,12 @@ async def _story(kafka: KafkaService, home: Path, terminal: io.StringIO) -> None
         async with http.post(f"{base}/api/trains/T104/clear") as answer:
             assert answer.status == 202, await answer.text()
         await _eventually(enabled_again, 60, "T104 cleared and enabled")
+        # It stays so: ten seconds (over six simulated minutes) of running without a flag,
+        # during which the terminal prints the clear.
         cleared_notice = "T104: maintenance flag cleared by"
-        await _eventually(lambda: _said(terminal, cleared_notice), 60, "the clear's notice")
-        # It stays so: ten seconds (over six simulated minutes) of running without a flag.
-        until = time.monotonic() + 10
-        while time.monotonic() < until:
+        enabled_since = time.monotonic()
+        while time.monotonic() - enabled_since < 10 or not await _said(terminal, cleared_notice):
+            assert time.monotonic() - enabled_since < 60, "the clear's notice: not within 60 s"
             assert all(d.enabled for d in t104), "T104 was disabled again"
             assert not (await train()).get("flagged"), "T104 was flagged again"
             await asyncio.sleep(0.5)
