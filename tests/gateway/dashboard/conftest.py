@@ -103,18 +103,20 @@ def _running(kafka: KafkaService, tmp_path: Path, options: list[str]) -> Iterato
     service = ServiceProcess("dashboard", argv, "127.0.0.1", port, log_file)
     service.start(timeout=60)
     handle = Dashboard(f"http://127.0.0.1:{port}/", TOKEN, topics, kafka.bootstrap_servers)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if handle.get("/healthz")["status"] == "ok":
-                break
-        except urllib.error.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise ServiceError(f"the dashboard did not become healthy:\n{service.tail()}")
-        time.sleep(0.2)
-    yield handle
-    service.stop(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if handle.get("/healthz")["status"] == "ok":
+                    break
+            except urllib.error.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the dashboard did not become healthy:\n{service.tail()}")
+            time.sleep(0.2)
+        yield handle
+    finally:  # stopped even when it never became healthy
+        service.stop(timeout=30)
     assert "Traceback" not in service.tail(200), service.tail(200)
 
 
