@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient
 
@@ -44,15 +45,15 @@ rules:
   - {name: hot, kind: threshold, channels: [bearing_left_temp], above: 120, clear: 100,
      severity: critical}
 """
-# A dead instance's partitions move after its session (static membership); its open
-# transaction, which holds back read_committed readers, is aborted after this timeout.
-SERVICE_FILE = """
-kafka:
-  partitions: {partitions}
-  settings:
-    session.timeout.ms: 6000
-    transaction.timeout.ms: 10000
-"""
+# A dead instance's partitions move after its session (static membership, and 6 s is the
+# broker's least); its open transaction, which holds back read_committed readers, is aborted
+# after the transaction timeout. A member learns of a rebalance at its next heartbeat: each
+# second, not librdkafka's 3 s, so that the three instances own their partitions 2 s after
+# they start, not 6.
+SESSION = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+SERVICE_FILE = {
+    "kafka": {"partitions": PARTITIONS, "settings": {**SESSION, "transaction.timeout.ms": 10000}}
+}
 
 
 @dataclass
@@ -64,12 +65,22 @@ class Fleet:
     folder: Path
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, instance: int) -> None:
-        """Start instance `instance` (its own transactional id) and wait until it runs."""
+    def start(self, *instances: int) -> None:
+        """Start each of `instances` (each with its own transactional id) at once and wait
+        until every one runs."""
+        for instance in instances:
+            self._launch(instance)
+        wait_until(
+            lambda: all(self.lines(i, "alert service running") for i in instances),
+            60,
+            "every instance running",
+        )
+
+    def _launch(self, instance: int) -> None:
         log = self.log(instance)
         active_logs[f"alerts:{self.prefix}:{instance}"] = log
         config = self.folder / "alerts.yaml"
-        config.write_text(SERVICE_FILE.format(partitions=PARTITIONS))
+        config.write_text(yaml.safe_dump(SERVICE_FILE))
         rules = self.folder / "rules.yaml"
         rules.write_text(RULES)
         with log.open("ab") as out:
@@ -97,7 +108,6 @@ class Fleet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(lambda: self.lines(instance, "alert service running"), 60, "instance running")
 
     def log(self, instance: int) -> Path:
         """The log file of `instance`."""
@@ -116,16 +126,17 @@ class Fleet:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def stop(self, instance: int) -> None:
-        """SIGTERM: a clean stop; it must exit 0."""
-        proc = self.procs.pop(instance)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+    def stop(self, *instances: int) -> None:
+        """SIGTERM each of `instances` at once: a clean stop; each must exit 0."""
+        procs = [self.procs.pop(instance) for instance in instances]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            assert proc.wait(60) == 0
 
     def stop_all(self) -> None:
         """SIGTERM every instance still running."""
-        for instance in list(self.procs):
-            self.stop(instance)
+        self.stop(*self.procs)
 
 
 @contextmanager
@@ -268,8 +279,7 @@ def sigkill_mid_burst(
 ) -> None:
     """Three instances; a burst over 60 trains; instance 1 SIGKILLed mid-burst, instance 3
     started later; then each alert is in `alerts` once and every flag in `flags` is right."""
-    for instance in range(3):
-        fleet.start(instance)
+    fleet.start(0, 1, 2)
     # Each instance owns some partitions: the group has settled.
     wait_until(
         lambda: all(fleet.lines(i, "took partitions") for i in range(3)), 60, "three owners"
@@ -361,7 +371,7 @@ def test_stale_timers_survive_a_move_and_fire_once_per_silent_device(
             group_id=f"{unique_topic}-alerts",
             transactional_id=f"{unique_topic}-alerts-{instance}",
             partitions=PARTITIONS,
-            settings={"session.timeout.ms": 6000},
+            settings=SESSION,
         )
         config = ServiceConfig(kafka=kafka_settings, topics=topics, stale_check_s=0.2)
         service = AlertService(config, rules)
