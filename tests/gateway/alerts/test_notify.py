@@ -367,14 +367,14 @@ def test_a_warning_that_does_not_flag_is_told_with_value_threshold_and_runbook(
 
 
 # A refused post is retried after 1 s, doubling up to `resend_s`, and a firing alert's end lies
-# 4 x `resend_s` ahead: with `resend_s` at 2 s, a 10 s outage has retries at their cap and
+# 4 x `resend_s` ahead: with `resend_s` at 1 s, a 6 s outage has retries at their cap and
 # outlasts the end of every alert posted before it, as a 30 s outage does with 5 s.
-OUTAGE_RESEND_S = 2.0
-OUTAGE_S = 10.0
+OUTAGE_RESEND_S = 1.0
+OUTAGE_S = 6.0
 
 
 @pytest.mark.integration
-def test_alertmanager_down_for_10_s_loses_no_notification(
+def test_alertmanager_down_for_6_s_loses_no_notification(
     kafka: KafkaService,
     unique_topic: str,
     alertmanager_factory: Callable[[NotificationConfig], AlertmanagerHandle],
