@@ -230,6 +230,10 @@ class LocalKafka:
             "share.coordinator.state.topic.replication.factor": copies,
             "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
+            # A producer that died mid-transaction (a SIGKILLed alert instance whose id does not
+            # come back) holds read_committed readers of its partitions until its transaction
+            # times out and the coordinator's next sweep aborts it: sweep each second, not 10.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
             # The cleaner allocates this at start; the default 128 MiB does not fit a small heap.
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
             "auto.create.topics.enable": "true",
