@@ -32,7 +32,7 @@ from gateway.alerts.config import DEFAULT_RULES, Topics
 from gateway.alerts.engine import Engine, Reading
 from gateway.alerts.rules import load_rules
 
-__all__ = ["main"]
+__all__ = ["main", "write_backlog"]
 
 TRAINS = 100
 ENGINE_READINGS = 200_000
@@ -90,23 +90,28 @@ def alert_process(bootstrap: str, prefix: str, log: Path) -> Iterator[psutil.Pro
         yield psutil.Process(proc.pid)
 
 
-def service_rate(bootstrap: str, log: Path) -> dict[str, object]:
-    """Readings per second of one alert process over a backlog, by its committed offsets."""
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    topics = Topics.with_prefix(prefix)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+def write_backlog(producer: Producer, topic: str, count: int, trains: int) -> None:
+    """`count` healthy readings of `trains` trains into `topic`, keyed by train id, flushed."""
     rng = random.Random(2)
-    for i in range(BACKLOG):
-        train = f"T{i % TRAINS}"
+    for i in range(count):
+        train = f"T{i % trains}"
         value = json.dumps(_reading(train, i, i * 10, _values(rng))).encode()
         while True:
             try:
-                producer.produce(topics.telemetry, value, train.encode())
+                producer.produce(topic, value, train.encode())
                 break
             except BufferError:
                 producer.poll(0.1)
     if producer.flush(60):
         raise RuntimeError("the backlog was not fully written")
+
+
+def service_rate(bootstrap: str, log: Path) -> dict[str, object]:
+    """Readings per second of one alert process over a backlog, by its committed offsets."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    topics = Topics.with_prefix(prefix)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    write_backlog(producer, topics.telemetry, BACKLOG, TRAINS)
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}-alerts"})
     partition = [TopicPartition(topics.telemetry, 0)]
     first: tuple[float, int, float] | None = None  # time, offset, process CPU seconds

@@ -15,9 +15,7 @@ carries to bigger machines.
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import re
 import sys
 import tempfile
@@ -32,7 +30,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from benchmarks.alerts import _reading, _values
+from benchmarks.alerts import write_backlog
 from benchmarks.report import report
 from benchmarks.services import child, kafka_cluster
 from gateway.alerts.partitioning import PARTITIONER
@@ -63,18 +61,7 @@ def _backlog(bootstrap: str, topics: Topics) -> None:
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 20, "partitioner": PARTITIONER}
     )
-    rng = random.Random(2)
-    for i in range(BACKLOG):
-        train = f"T{i % TRAINS}"
-        value = json.dumps(_reading(train, i, i * 10, _values(rng))).encode()
-        while True:
-            try:
-                producer.produce(topics.telemetry, value, train.encode())
-                break
-            except BufferError:
-                producer.poll(0.1)
-    if producer.flush(60):
-        raise RuntimeError("the backlog was not fully written")
+    write_backlog(producer, topics.telemetry, BACKLOG, TRAINS)
 
 
 @contextmanager

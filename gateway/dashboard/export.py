@@ -129,24 +129,7 @@ def _text(value: Any) -> str:
 
 
 # The alert fields behind the CSV's alert columns, in order (times end in `_ms`).
-_CSV_ALERT_FIELDS = (
-    "key",
-    "rule",
-    "severity",
-    "state",
-    "device_id",
-    "sensor",
-    "value",
-    "threshold",
-    "unit",
-    "since_ms",
-    "acked_by",
-    "acked_at_ms",
-    "cleared_by",
-    "cleared_at_ms",
-    "description",
-    "runbook",
-)
+_CSV_ALERT_FIELDS = tuple(f for f in _ALERT_FIELDS if f not in ("ts_ms", "headline"))
 
 
 def _cell(alert: JsonObject, field: str) -> str:
